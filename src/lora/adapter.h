@@ -1,0 +1,35 @@
+// LoRA adapters: separate objects keyed by target module, resident many at a time.
+#pragma once
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "lora/lora_config.h"
+
+namespace lowrank {
+
+// ΔW = scale · B·A for one target linear (out, in).
+struct LoraTarget {
+  std::string module;    // HF module path, e.g. "model.layers.0.self_attn.q_proj"
+  int64_t r = 0, in = 0, out = 0;
+  float alpha = 0;       // lora_alpha in effect for this target
+  float scale = 0;       // alpha / r, or alpha / sqrt(r) with rsLoRA
+  float dropout = 0;     // probability on the input of A during training
+  FloatBuffer A;         // (r, in)
+  FloatBuffer B;         // (out, r)
+  FloatBuffer dA, dB;    // gradients, same shapes; allocated only when training
+};
+
+struct Adapter {
+  std::string name;
+  LoraConfig config;
+  std::map<std::string, LoraTarget> targets;  // by module path
+  int64_t num_parameters() const;
+  void alloc_grads();
+  void zero_grads();
+};
+
+}  // namespace lowrank

@@ -1,0 +1,139 @@
+// Model-side adapter life-cycle: creating adapters, merge/unmerge, full fine-tuning state.
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "ops/ops.h"
+
+namespace lowrank {
+
+std::shared_ptr<Adapter> Model::create_adapter(const LoraConfig& lc, uint64_t seed) {
+  auto a = std::make_shared<Adapter>();
+  a->config = lc;
+  a->name = "new";
+  std::mt19937_64 rng(seed);
+  for (Linear* L : linears()) {
+    if (!lc.matches(L->module, L->layer, L == &lm_head)) continue;
+    LoraTarget t;
+    t.module = L->module;
+    t.r = lc.rank_for(L->module);
+    t.in = L->in;
+    t.out = L->out;
+    t.alpha = float(lc.alpha_for(L->module));
+    t.scale = float(lc.scale_for(L->module));
+    t.dropout = float(lc.lora_dropout);
+    t.A = FloatBuffer::zeros({t.r, L->in});
+    t.B = FloatBuffer::zeros({L->out, t.r});
+    const std::string& init = lc.init_lora_weights;
+    if (init == "true") {
+      // Kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)); B = 0.
+      std::uniform_real_distribution<float> u(-1.f / std::sqrt(float(L->in)), 1.f / std::sqrt(float(L->in)));
+      for (int64_t i = 0; i < t.A.n; i++) t.A.ptr()[i] = u(rng);
+    } else if (init == "gaussian") {
+      std::normal_distribution<float> g(0.f, 1.f / float(t.r));
+      for (int64_t i = 0; i < t.A.n; i++) t.A.ptr()[i] = g(rng);
+    } else if (init == "false") {
+      // PEFT: A kaiming, B random too (non-identity start); keep A kaiming and B small normal.
+      std::uniform_real_distribution<float> u(-1.f / std::sqrt(float(L->in)), 1.f / std::sqrt(float(L->in)));
+      for (int64_t i = 0; i < t.A.n; i++) t.A.ptr()[i] = u(rng);
+      std::normal_distribution<float> g(0.f, 1.f);
+      for (int64_t i = 0; i < t.B.n; i++) t.B.ptr()[i] = g(rng);
+    } else if (init == "pissa") {
+      fail("init_lora_weights \"pissa\" needs the base weights: use init_pissa()");
+    } else {
+      fail("init_lora_weights \"", init, "\" is not supported (true, false, gaussian, pissa)");
+    }
+    a->targets[L->module] = std::move(t);
+  }
+  if (a->targets.empty()) fail("LoRA target_modules match no linear layer of the model");
+  return a;
+}
+
+// Makes W an owned, writable f32 (out, in) matrix (copying from mmap/quantized storage).
+static void make_owned(Linear& L) {
+  if (L.W_owned.n) return;
+  L.W_owned = FloatBuffer::zeros({L.out, L.in});
+  L.W.rows_f32(0, L.out, L.W_owned.ptr());
+  L.W = matrix_from_buffer(L.W_owned);
+}
+
+void Model::merge_adapter(int slot, float scale) {
+  if (slot < 0 || slot >= int(adapters.size()) || !adapters[size_t(slot)]) fail("merge: no adapter in slot ", slot);
+  for (Linear* L : linears()) {
+    LoraTarget* t = L->lora.size() > size_t(slot) ? L->lora[size_t(slot)] : nullptr;
+    if (!t) continue;
+    if (L == &lm_head && cfg.tied) fail("merge: cannot merge into the tied lm_head");
+    make_owned(*L);
+    if (L->unmerged_backup.empty())
+      L->unmerged_backup.assign(L->W_owned.ptr(), L->W_owned.ptr() + L->W_owned.n);
+    // W (out, in) += s · B (out, r) · A (r, in)
+    ops::gemm(false, false, L->out, L->in, t->r, scale * t->scale, t->B.ptr(), t->A.ptr(), 1.f, L->W_owned.ptr());
+  }
+}
+
+void Model::unmerge_all() {
+  for (Linear* L : linears()) {
+    if (L->unmerged_backup.empty()) continue;
+    std::memcpy(L->W_owned.ptr(), L->unmerged_backup.data(), L->unmerged_backup.size() * 4);
+    L->unmerged_backup.clear();
+  }
+}
+
+void Model::enable_full_finetune() {
+  if (full_finetune) return;
+  if (cfg.tied) fail("--full with tied embeddings is not supported yet");
+  full_finetune = true;
+  // Embedding table becomes owned f32 with a gradient.
+  {
+    FloatBuffer w = FloatBuffer::zeros({wte.rows, wte.cols});
+    wte.rows_f32(0, wte.rows, w.ptr());
+    wte = matrix_from_buffer(w);
+    dwte = FloatBuffer::zeros({wte.rows, wte.cols});
+  }
+  if (wpe.n) dwpe = FloatBuffer::zeros(wpe.shape);
+  for (Linear* L : linears()) {
+    make_owned(*L);
+    L->dW = FloatBuffer::zeros({L->out, L->in});
+    if (L->bias.n) L->dbias = FloatBuffer::zeros({L->out});
+  }
+  auto norm_grads = [](Norm& n) {
+    n.dw = FloatBuffer::zeros({n.w.n});
+    if (n.b.n) n.db = FloatBuffer::zeros({n.b.n});
+  };
+  for (Layer& L : layers) {
+    norm_grads(L.norm1);
+    norm_grads(L.norm2);
+  }
+  norm_grads(norm_f);
+}
+
+std::vector<Model::ParamRef> Model::full_params() {
+  std::vector<ParamRef> p;
+  if (!full_finetune) return p;
+  p.push_back({"embed", const_cast<float*>(static_cast<const float*>(wte.data)), dwte.ptr(), dwte.n});
+  if (dwpe.n) p.push_back({"wpe", wpe.ptr(), dwpe.ptr(), wpe.n});
+  for (Linear* L : linears()) {
+    p.push_back({L->module + ".weight", L->W_owned.ptr(), L->dW.ptr(), L->W_owned.n});
+    if (L->bias.n) p.push_back({L->module + ".bias", L->bias.ptr(), L->dbias.ptr(), L->bias.n});
+  }
+  auto add_norm = [&](Norm& n) {
+    p.push_back({n.name + ".weight", n.w.ptr(), n.dw.ptr(), n.w.n});
+    if (n.b.n) p.push_back({n.name + ".bias", n.b.ptr(), n.db.ptr(), n.b.n});
+  };
+  for (Layer& L : layers) {
+    add_norm(L.norm1);
+    add_norm(L.norm2);
+  }
+  add_norm(norm_f);
+  return p;
+}
+
+void Model::zero_grads() {
+  for (auto& a : adapters)
+    if (a) a->zero_grads();
+  for (ParamRef& p : full_params()) std::memset(p.grad, 0, size_t(p.n) * 4);
+}
+
+}  // namespace lowrank
