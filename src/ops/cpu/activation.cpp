@@ -1,0 +1,101 @@
+// Element-wise ops: GELU (tanh approximation), SwiGLU and the residual add.
+// GELU uses the identity 0.5·x·(1 + tanh(u)) = x · sigmoid(2u), and both activations use a
+// branch-free exp so the loops vectorize (libm's expf/tanhf calls would not).
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "ops/ops.h"
+
+namespace lowrank::ops {
+namespace {
+
+constexpr int64_t kParallelMin = 32768;  // elements below which a loop stays single-threaded
+constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2/pi)
+constexpr float kGeluC = 0.044715f;
+
+// exp(x), ~1 ulp on [-87, 88] (Cephes polynomial); saturates above 88, 0 below -87.
+inline float exp_approx(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const float scale = std::bit_cast<float>(uint32_t(int32_t(fx) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+inline float sigmoid(float z) { return 1.0f / (1.0f + exp_approx(-z)); }
+
+}  // namespace
+
+void gelu_forward(float* out, const float* x, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float xi = x[i];
+    const float u = kGeluK * (xi + kGeluC * xi * xi * xi);
+    out[i] = xi * sigmoid(2.0f * u);
+  }
+}
+
+void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float xi = x[i];
+    const float u = kGeluK * (xi + kGeluC * xi * xi * xi);
+    const float du = kGeluK * (1.0f + 3.0f * kGeluC * xi * xi);
+    const float s = sigmoid(2.0f * u);
+    // d/dx [x·σ(2u)] = σ(2u) + x·σ(2u)(1-σ(2u))·2u'
+    dx[i] += dout[i] * (s + xi * s * (1.0f - s) * 2.0f * du);
+  }
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    out[i] = g * sigmoid(g) * up[i];
+  }
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                     const float* up, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    const float s = sigmoid(g);
+    const float silu = g * s;
+    dgate[i] += dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+    dup[i] += dout[i] * silu;
+  }
+}
+
+void residual_forward(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void residual_backward(float* da, float* db, const float* dout, int64_t n) {
+  // da or db may be null when that branch needs no gradient.
+  if (da && db) {
+#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+    for (int64_t i = 0; i < n; i++) {
+      da[i] += dout[i];
+      db[i] += dout[i];
+    }
+    return;
+  }
+  float* d = da ? da : db;
+  if (!d) return;
+#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+  for (int64_t i = 0; i < n; i++) d[i] += dout[i];
+}
+
+}  // namespace lowrank::ops

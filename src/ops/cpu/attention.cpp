@@ -1,0 +1,201 @@
+// Causal grouped-query attention. Each (batch, head) is an independent task; per task the
+// query rows are processed in blocks of kBlk so that BLAS only touches the causal part
+// [0, r1) of the score matrix. Tasks run in parallel with single-threaded BLAS inside.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lowrank::ops {
+namespace {
+
+constexpr int64_t kBlk = 64;  // query rows per block
+
+// Runs OpenBLAS single-threaded while alive (for BLAS calls made inside OpenMP regions).
+struct BlasSerial {
+  int prev = 1;
+  explicit BlasSerial(bool active) {
+    if (!active) return;
+    prev = openblas_get_num_threads();
+    if (prev != 1) openblas_set_num_threads(1);
+  }
+  ~BlasSerial() {
+    if (prev != 1) openblas_set_num_threads(prev);
+  }
+  BlasSerial(const BlasSerial&) = delete;
+  BlasSerial& operator=(const BlasSerial&) = delete;
+};
+
+// exp(x) for x <= 0 region of softmax (valid on [-87, 88]; below -87 returns 0): Cephes
+// polynomial, ~1 ulp, branch-free so loops over it vectorize.
+inline float exp_approx(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const float scale = std::bit_cast<float>(uint32_t(int32_t(fx) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+// In place softmax over s[0, n): exp(s - max) / Σ.
+void softmax_row(float* s, int64_t n) {
+  float mx = s[0];
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; j++) mx = std::max(mx, s[j]);
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; j++) {
+    const float e = exp_approx(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) s[j] *= inv;
+}
+
+float* thread_scratch(size_t n) {
+  thread_local std::vector<float> buf;  // (n) floats, grown on demand
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+void check_heads(int64_t H, int64_t KVH, const char* what) {
+  if (KVH <= 0 || H % KVH != 0) fail(what, ": ", H, " query heads are not a multiple of ", KVH, " kv heads");
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  check_heads(H, KVH, "attention_forward");
+  const int64_t G = H / KVH;
+  const int64_t qs = H * D, ks = KVH * D;  // token row strides of q/out and k/v
+  const float scale = 1.0f / std::sqrt(float(D));
+  const int64_t tasks = B * H;
+  const bool par = omp_get_max_threads() > 1 && tasks > 1;
+  BlasSerial serial(par);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t task = 0; task < tasks; task++) {
+    const int64_t b = task / H, h = task % H, kh = h / G;
+    const float* qb = q + b * T * qs + h * D;    // (T, D) row stride qs
+    const float* kb = k + b * T * ks + kh * D;   // (T, D) row stride ks
+    const float* vb = v + b * T * ks + kh * D;   // (T, D) row stride ks
+    float* ob = out + b * T * qs + h * D;        // (T, D) row stride qs
+    float* a = att + task * T * T;               // (T, T)
+    for (int64_t r0 = 0; r0 < T; r0 += kBlk) {
+      const int64_t r1 = std::min(T, r0 + kBlk), m = r1 - r0;
+      // a[r0:r1, 0:r1] = scale * q[r0:r1] · k[0:r1]ᵀ
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, D, scale, qb + r0 * qs, qs, kb,
+                  ks, 0.0f, a + r0 * T, T);
+      for (int64_t t = r0; t < r1; t++) {
+        float* row = a + t * T;  // (T)
+        softmax_row(row, t + 1);
+        std::fill(row + t + 1, row + T, 0.0f);
+      }
+      // out[r0:r1] = a[r0:r1, 0:r1] · v[0:r1]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1, 1.0f, a + r0 * T, T, vb, ks,
+                  0.0f, ob + r0 * qs, qs);
+    }
+  }
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                        const float* k, const float* v, const float* att, int64_t B, int64_t T,
+                        int64_t H, int64_t KVH, int64_t D) {
+  check_heads(H, KVH, "attention_backward");
+  const int64_t G = H / KVH;
+  const int64_t qs = H * D, ks = KVH * D;
+  const float scale = 1.0f / std::sqrt(float(D));
+  // One task per (batch, kv head): its query heads are processed in order, so the shared
+  // dk/dv rows are written by one thread only.
+  const int64_t tasks = B * KVH;
+  const bool par = omp_get_max_threads() > 1 && tasks > 1;
+  BlasSerial serial(par);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t task = 0; task < tasks; task++) {
+    const int64_t b = task / KVH, kh = task % KVH;
+    const float* kb = k + b * T * ks + kh * D;  // (T, D) row stride ks
+    const float* vb = v + b * T * ks + kh * D;  // (T, D) row stride ks
+    float* dkb = dk + b * T * ks + kh * D;      // (T, D) row stride ks
+    float* dvb = dv + b * T * ks + kh * D;      // (T, D) row stride ks
+    float* ds = thread_scratch(size_t(std::min(T, kBlk) * T));  // (kBlk, T): dscores block
+    for (int64_t h = kh * G; h < (kh + 1) * G; h++) {
+      const float* qb = q + b * T * qs + h * D;      // (T, D) row stride qs
+      const float* gb = dout + b * T * qs + h * D;   // (T, D) row stride qs
+      float* dqb = dq + b * T * qs + h * D;          // (T, D) row stride qs
+      const float* a = att + (b * H + h) * T * T;    // (T, T)
+      for (int64_t r0 = 0; r0 < T; r0 += kBlk) {
+        const int64_t r1 = std::min(T, r0 + kBlk), m = r1 - r0;
+        const float* ab = a + r0 * T;  // (m, T) rows r0..r1 of the probabilities
+        // ds[0:m, 0:r1] = dout[r0:r1] · v[0:r1]ᵀ  (gradient w.r.t. the probabilities)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, D, 1.0f, gb + r0 * qs, qs, vb,
+                    ks, 0.0f, ds, T);
+        // dv[0:r1] += a[r0:r1, 0:r1]ᵀ · dout[r0:r1]
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, D, m, 1.0f, ab, T, gb + r0 * qs,
+                    qs, 1.0f, dvb, ks);
+        // softmax backward: ds = a ⊙ (ds - Σ_j a·ds) * scale; zero beyond the diagonal
+        for (int64_t i = 0; i < m; i++) {
+          const int64_t t = r0 + i;
+          const float* ar = ab + i * T;  // (T)
+          float* dr = ds + i * T;        // (T)
+          float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t j = 0; j <= t; j++) dot += ar[j] * dr[j];
+#pragma omp simd
+          for (int64_t j = 0; j <= t; j++) dr[j] = ar[j] * (dr[j] - dot) * scale;
+          std::fill(dr + t + 1, dr + r1, 0.0f);
+        }
+        // dq[r0:r1] += ds[0:m, 0:r1] · k[0:r1]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1, 1.0f, ds, T, kb, ks, 1.0f,
+                    dqb + r0 * qs, qs);
+        // dk[0:r1] += ds[0:m, 0:r1]ᵀ · q[r0:r1]
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, D, m, 1.0f, ds, T, qb + r0 * qs,
+                    qs, 1.0f, dkb, ks);
+      }
+    }
+  }
+}
+
+void attention_decode(float* out, const float* q, const float* kcache, const float* vcache,
+                      int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  check_heads(H, KVH, "attention_decode");
+  if (T <= 0) fail("attention_decode: empty kv cache");
+  const int64_t G = H / KVH;
+  const int64_t ks = KVH * D;  // cache row stride
+  const float scale = 1.0f / std::sqrt(float(D));
+  const bool par = omp_get_max_threads() > 1 && KVH > 1 && T * H * D >= 16384;
+  BlasSerial serial(par);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t kh = 0; kh < KVH; kh++) {
+    const float* qg = q + kh * G * D;          // (G, D): the query heads of this kv head
+    const float* kb = kcache + kh * D;         // (T, D) row stride ks
+    const float* vb = vcache + kh * D;         // (T, D) row stride ks
+    float* og = out + kh * G * D;              // (G, D)
+    float* s = thread_scratch(size_t(G * T));  // (G, T) scores / probabilities
+    if (G == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, T, D, scale, kb, ks, qg, 1, 0.0f, s, 1);
+      softmax_row(s, T);
+      cblas_sgemv(CblasRowMajor, CblasTrans, T, D, 1.0f, vb, ks, s, 1, 0.0f, og, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G, T, D, scale, qg, D, kb, ks, 0.0f, s, T);
+      for (int64_t g = 0; g < G; g++) softmax_row(s + g * T, T);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G, D, T, 1.0f, s, T, vb, ks, 0.0f, og, D);
+    }
+  }
+}
+
+}  // namespace lowrank::ops
