@@ -77,6 +77,7 @@ class Model {
   bool full_finetune = false;   // all weights trainable (f32 owned copies)
   FloatBuffer dwte, dwpe;       // full fine-tuning
   uint64_t dropout_seed = 0;
+  uint64_t dropout_step_ = 0;   // counter of dropout masks drawn (saved in checkpoints)
 
   // ---- adapters -------------------------------------------------------------------
   // Attaches an adapter (checks every target's shape against its linear); returns its slot.
@@ -151,7 +152,7 @@ class Model {
   std::vector<float> losses_;                      // (N)
   LinearSaved s_head_;
   std::vector<int32_t> pos_;                        // (N)
-  uint64_t dropout_step_ = 0;
+
 };
 
 // Loads a Hugging Face model directory (config.json + model.safetensors or sharded index).

@@ -1,0 +1,35 @@
+// Shared pieces of the lowrank command line.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lowrank::cli {
+
+// A loaded model with its tokenizer and the adapters named on the command line.
+struct Loaded {
+  std::unique_ptr<Model> model;
+  Tokenizer tok;
+  std::vector<AdapterUse> uses;  // the stacked adapters every row uses
+};
+
+Tokenizer load_tokenizer(const std::string& model_path);
+// Loads model + tokenizer (HF dir or .gguf) and attaches each "DIR[:SCALE]" adapter.
+Loaded load_all(const std::string& model_path, const std::vector<std::string>& adapter_args);
+
+std::string json_escape(const std::string& s);
+// Registers each subcommand on app.
+void add_tokenize(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_train(CLI::App& app);
+void add_merge(CLI::App& app);
+void add_export(CLI::App& app);
+void add_bench(CLI::App& app);
+
+}  // namespace lowrank::cli
