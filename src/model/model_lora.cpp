@@ -112,8 +112,10 @@ void Model::enable_full_finetune() {
 std::vector<Model::ParamRef> Model::full_params() {
   std::vector<ParamRef> p;
   if (!full_finetune) return p;
-  p.push_back({"embed", const_cast<float*>(static_cast<const float*>(wte.data)), dwte.ptr(), dwte.n});
-  if (dwpe.n) p.push_back({"wpe", wpe.ptr(), dwpe.ptr(), wpe.n});
+  const bool gpt2 = cfg.arch == Arch::GPT2;
+  p.push_back({gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight",
+               const_cast<float*>(static_cast<const float*>(wte.data)), dwte.ptr(), dwte.n});
+  if (dwpe.n) p.push_back({"transformer.wpe.weight", wpe.ptr(), dwpe.ptr(), wpe.n});
   for (Linear* L : linears()) {
     p.push_back({L->module + ".weight", L->W_owned.ptr(), L->dW.ptr(), L->W_owned.n});
     if (L->bias.n) p.push_back({L->module + ".bias", L->bias.ptr(), L->dbias.ptr(), L->bias.n});

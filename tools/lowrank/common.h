@@ -33,3 +33,10 @@ void add_export(CLI::App& app);
 void add_bench(CLI::App& app);
 
 }  // namespace lowrank::cli
+
+namespace lowrank::cli {
+// Writes a GGUF LoRA adapter for the GGUF base model at model_path (see cmd_export.cpp).
+void export_gguf_adapter_cli(const std::string& model_path, const Adapter& a, const std::string& out);
+// Writes a fully fine-tuned model as a HF dir beside the source's layout (see cmd_merge.cpp).
+void save_full_model_cli(Model& m, const std::string& model_path, const std::string& out);
+}  // namespace lowrank::cli

@@ -1,0 +1,121 @@
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "common.h"
+#include "core/error.h"
+#include "core/mmap_file.h"
+#include "lora/peft.h"
+#include "train/trainer.h"
+
+namespace lowrank::cli {
+
+void add_train(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "Train a LoRA adapter (or all weights with --full); writes a PEFT dir");
+  struct Opts {
+    std::string model, data, eval_data, adapter, out, targets = "q_proj,v_proj", init = "true", gguf_out;
+    int64_t r = 8, seq_len = 512;
+    double alpha = 16, dropout = -1;
+    bool rslora = false, full = false, pack = false, no_progress = false;
+    std::vector<int64_t> layers;
+    TrainOptions t;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--model", o->model, "HF model dir or .gguf file")->required();
+  cmd->add_option("--data", o->data, "Training JSONL")->required();
+  cmd->add_option("--out", o->out, "Output PEFT adapter dir")->required();
+  cmd->add_option("--adapter", o->adapter, "Continue training this PEFT adapter");
+  cmd->add_option("--r", o->r, "LoRA rank (new adapters)");
+  cmd->add_option("--alpha", o->alpha, "lora_alpha (new adapters)");
+  cmd->add_option("--dropout", o->dropout, "lora_dropout (default: the adapter's, or 0.05 for new ones)");
+  cmd->add_option("--targets", o->targets, "target_modules: comma list of names, \"all-linear\", or re:<regex>");
+  cmd->add_option("--layers", o->layers, "layers_to_transform")->delimiter(',');
+  cmd->add_flag("--rslora", o->rslora, "rsLoRA scaling α/√r");
+  cmd->add_option("--init", o->init, "init_lora_weights: true | gaussian | false");
+  cmd->add_flag("--full", o->full, "Train all weights instead of an adapter (comparison baseline)");
+  cmd->add_option("--steps", o->t.steps, "Optimizer steps (0 = use --epochs)");
+  cmd->add_option("--epochs", o->t.epochs, "Epochs when --steps is 0");
+  cmd->add_option("--batch", o->t.batch, "Sequences per micro-batch");
+  cmd->add_option("--grad-accum", o->t.grad_accum, "Micro-batches per optimizer step");
+  cmd->add_option("--lr", o->t.lr, "Peak learning rate");
+  cmd->add_option("--schedule", o->t.schedule, "constant | linear | cosine")->check(CLI::IsMember({"constant", "linear", "cosine"}));
+  cmd->add_option("--warmup-steps", o->t.warmup_steps, "Linear warm-up steps");
+  cmd->add_option("--weight-decay", o->t.weight_decay, "AdamW decoupled weight decay");
+  cmd->add_option("--max-grad-norm", o->t.max_grad_norm, "Clip the global gradient norm (0 = off)");
+  cmd->add_option("--seed", o->t.seed, "Seed for init, data order and dropout");
+  cmd->add_option("--seq-len", o->seq_len, "Truncate (or pack) to this many tokens");
+  cmd->add_flag("--pack", o->pack, "Pack examples into full rows of --seq-len tokens");
+  cmd->add_option("--eval-data", o->t.eval_every == 0 ? o->eval_data : o->eval_data, "Held-out JSONL for eval loss");
+  cmd->add_option("--eval-every", o->t.eval_every, "Evaluate every N steps (and at the end)");
+  cmd->add_option("--save-every", o->t.save_every, "Write a resumable checkpoint every N steps");
+  cmd->add_option("--resume", o->t.resume, "Resume from a checkpoint dir (OUT/checkpoint-N)");
+  cmd->add_option("--json-log", o->t.json_log, "Write one JSON object per step to this file");
+  cmd->add_option("--gguf-out", o->gguf_out, "Also write a GGUF LoRA adapter (GGUF base models)");
+  cmd->add_flag("--no-progress", o->no_progress, "No progress bar");
+  cmd->callback([o] {
+    Loaded l = load_all(o->model, {});
+    Model& m = *l.model;
+    TrainOptions t = o->t;
+    t.out = o->out;
+    t.progress = !o->no_progress;
+    std::shared_ptr<Adapter> adapter;
+    if (!o->full) {
+      std::string from = !t.resume.empty() ? t.resume : o->adapter;
+      if (!from.empty()) {
+        adapter = load_peft_adapter(from);
+        if (o->dropout >= 0) {
+          adapter->config.lora_dropout = o->dropout;
+          for (auto& [k, tg] : adapter->targets) tg.dropout = float(o->dropout);
+        }
+      } else {
+        LoraConfig c;
+        c.r = o->r;
+        c.lora_alpha = o->alpha;
+        c.lora_dropout = o->dropout >= 0 ? o->dropout : 0.05;
+        c.use_rslora = o->rslora;
+        c.init_lora_weights = o->init;
+        c.layers_to_transform = o->layers;
+        if (o->targets == "all-linear") c.all_linear = true;
+        else if (o->targets.rfind("re:", 0) == 0) c.target_regex = o->targets.substr(3);
+        else {
+          std::stringstream ss(o->targets);
+          std::string item;
+          while (std::getline(ss, item, ','))
+            if (!item.empty()) c.target_modules.push_back(item);
+        }
+        c.fan_in_fan_out = m.cfg.arch == Arch::GPT2;
+        c.base_model_name_or_path = o->model;
+        c.base_model_class = m.cfg.architecture;
+        c.parent_library = "transformers.models." + m.cfg.model_type + ".modeling_" + m.cfg.model_type;
+        adapter = m.create_adapter(c, t.seed);
+      }
+      m.trainable_adapter = m.add_adapter(adapter);
+      std::fprintf(stderr, "trainable parameters: %lld of %lld (%.4f%%)\n", (long long)adapter->num_parameters(),
+                   (long long)m.num_parameters(), 100.0 * double(adapter->num_parameters()) / double(m.num_parameters()));
+    } else {
+      m.enable_full_finetune();
+    }
+    std::vector<Example> data = load_jsonl(o->data, l.tok, o->seq_len);
+    int32_t pad = l.tok.pad_id() >= 0 ? l.tok.pad_id() : (l.tok.eos_id() >= 0 ? l.tok.eos_id() : 0);
+    if (o->pack) data = pack_examples(data, o->seq_len, pad);
+    std::vector<Example> eval_data;
+    if (!o->eval_data.empty()) eval_data = load_jsonl(o->eval_data, l.tok, o->seq_len);
+    ::mkdir(o->out.c_str(), 0755);
+    auto save = [&](const std::string& dir) {
+      if (adapter) save_peft_adapter(*adapter, dir);
+    };
+    TrainResult res = train(m, data, eval_data, t, pad, save);
+    if (adapter) {
+      save_peft_adapter(*adapter, o->out);
+      if (!o->gguf_out.empty()) export_gguf_adapter_cli(o->model, *adapter, o->gguf_out);
+      std::fprintf(stderr, "wrote adapter to %s (loss %.4f -> %.4f)\n", o->out.c_str(), res.losses.front(), res.losses.back());
+    } else {
+      save_full_model_cli(m, o->model, o->out);
+      std::fprintf(stderr, "wrote model to %s (loss %.4f -> %.4f)\n", o->out.c_str(), res.losses.front(), res.losses.back());
+    }
+  });
+}
+
+}  // namespace lowrank::cli
