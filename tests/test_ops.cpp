@@ -238,6 +238,32 @@ TEST(OpsLinear, ForwardAndInputBackwardAllDtypes) {
   }
 }
 
+TEST(OpsLinear, TiledThreadedPath) {
+  // Large enough for the multi-threaded tile path (per-thread dx partial sums included).
+  std::mt19937 rng(22);
+  const int64_t rows = 520, cols = 512;
+  Vec W = randn(static_cast<size_t>(rows * cols), rng, 0.1f), bias = randn(static_cast<size_t>(rows), rng);
+  struct Case { DType dt; bool transposed; };
+  for (const Case& c : {Case{DType::F16, false}, Case{DType::BF16, true}, Case{DType::Q8_0, false}}) {
+    TestMatrix tm = make_matrix(W, rows, cols, c.dt, c.transposed);
+    const std::string name = std::string(dtype_name(c.dt)) + (c.transposed ? " transposed" : "");
+    for (int64_t N : {1, 4}) {
+      Vec x = randn(static_cast<size_t>(N * cols), rng), y(static_cast<size_t>(N * rows));
+      linear_forward(y.data(), x.data(), tm.m, bias.data(), N);
+      expect_close(y, ref_linear(x, tm.logical, bias.data(), N, rows, cols), 1e-4, 1e-4,
+                   name + " threaded forward N=" + std::to_string(N));
+      Vec dy = randn(static_cast<size_t>(N * rows), rng), dx = randn(static_cast<size_t>(N * cols), rng);
+      std::vector<double> want(dx.begin(), dx.end());
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t r = 0; r < rows; r++)
+          for (int64_t k = 0; k < cols; k++)
+            want[n * cols + k] += double(dy[n * rows + r]) * tm.logical[r * cols + k];
+      linear_backward_input(dx.data(), dy.data(), tm.m, N);
+      expect_close(dx, want, 1e-4, 1e-4, name + " threaded backward_input N=" + std::to_string(N));
+    }
+  }
+}
+
 TEST(OpsLinear, WeightAndBiasBackward) {
   std::mt19937 rng(3);
   const int64_t N = 6, in = 10, out = 7;
@@ -537,6 +563,7 @@ TEST(OpsAttention, GQASmall) { attention_case(2, 7, 4, 2, 8, 11, 400); }
 TEST(OpsAttention, MHASmall) { attention_case(2, 6, 3, 3, 4, 12, 400); }
 TEST(OpsAttention, GQAMultiBlock) { attention_case(2, 70, 4, 2, 8, 13, 150); }   // T > row block
 TEST(OpsAttention, MHAMultiBlock) { attention_case(1, 130, 2, 2, 4, 14, 150); }  // 3 row blocks
+TEST(OpsAttention, GQAThreaded) { attention_case(2, 96, 4, 2, 16, 15, 40); }      // threaded path
 
 TEST(OpsAttention, DecodeLargeCache) {
   // Decode against a cache big enough for the threaded path, GQA and MHA, vs naive.

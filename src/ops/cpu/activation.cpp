@@ -18,7 +18,8 @@ constexpr float kGeluC = 0.044715f;
 // exp(x), ~1 ulp on [-87, 88] (Cephes polynomial); saturates above 88, 0 below -87.
 inline float exp_approx(float x) {
   const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // n = round(xc·log2 e) via the 1.5·2^23 trick (std::floor would block vectorization)
+  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -28,7 +29,7 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const float scale = std::bit_cast<float>(uint32_t(int32_t(fx) + 127) << 23);
+  const float scale = std::bit_cast<float>((int32_t(fx) + 127) << 23);  // 2^n
   return x < -87.0f ? 0.0f : p * scale;
 }
 
@@ -37,7 +38,7 @@ inline float sigmoid(float z) { return 1.0f / (1.0f + exp_approx(-z)); }
 }  // namespace
 
 void gelu_forward(float* out, const float* x, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
   for (int64_t i = 0; i < n; i++) {
     const float xi = x[i];
     const float u = kGeluK * (xi + kGeluC * xi * xi * xi);
@@ -46,7 +47,7 @@ void gelu_forward(float* out, const float* x, int64_t n) {
 }
 
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
   for (int64_t i = 0; i < n; i++) {
     const float xi = x[i];
     const float u = kGeluK * (xi + kGeluC * xi * xi * xi);
@@ -58,7 +59,7 @@ void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
     out[i] = g * sigmoid(g) * up[i];
@@ -67,7 +68,7 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                      const float* up, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
     const float s = sigmoid(g);
@@ -78,14 +79,14 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 }
 
 void residual_forward(float* out, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= 4 * kParallelMin)
   for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void residual_backward(float* da, float* db, const float* dout, int64_t n) {
   // da or db may be null when that branch needs no gradient.
   if (da && db) {
-#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= 4 * kParallelMin)
     for (int64_t i = 0; i < n; i++) {
       da[i] += dout[i];
       db[i] += dout[i];
@@ -94,7 +95,7 @@ void residual_backward(float* da, float* db, const float* dout, int64_t n) {
   }
   float* d = da ? da : db;
   if (!d) return;
-#pragma omp parallel for simd if (n >= 4 * kParallelMin)
+#pragma omp parallel for simd if (parallel : n >= 4 * kParallelMin)
   for (int64_t i = 0; i < n; i++) d[i] += dout[i];
 }
 

@@ -16,6 +16,8 @@ namespace lowrank::ops {
 namespace {
 
 constexpr int64_t kBlk = 64;  // query rows per block
+// Multiply-adds (about B·H·T²·D) below which attention stays on one thread.
+constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 // Runs OpenBLAS single-threaded while alive (for BLAS calls made inside OpenMP regions).
 struct BlasSerial {
@@ -36,7 +38,8 @@ struct BlasSerial {
 // polynomial, ~1 ulp, branch-free so loops over it vectorize.
 inline float exp_approx(float x) {
   const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // n = round(xc·log2 e) via the 1.5·2^23 trick (std::floor would block vectorization)
+  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -46,15 +49,15 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const float scale = std::bit_cast<float>(uint32_t(int32_t(fx) + 127) << 23);
+  const float scale = std::bit_cast<float>((int32_t(fx) + 127) << 23);  // 2^n
   return x < -87.0f ? 0.0f : p * scale;
 }
 
 // In place softmax over s[0, n): exp(s - max) / Σ.
-void softmax_row(float* s, int64_t n) {
+[[gnu::noinline]] void softmax_row(float* s, int64_t n) {
   float mx = s[0];
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < n; j++) mx = std::max(mx, s[j]);
+  for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; j++) {
@@ -65,6 +68,15 @@ void softmax_row(float* s, int64_t n) {
   const float inv = 1.0f / sum;
 #pragma omp simd
   for (int64_t j = 0; j < n; j++) s[j] *= inv;
+}
+
+// d[0, n) <- a ⊙ (d - Σ a·d) * scale: softmax backward for probabilities a (n), upstream d (n).
+[[gnu::noinline]] void softmax_backward_row(const float* a, float* d, int64_t n, float scale) {
+  float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t j = 0; j < n; j++) dot += a[j] * d[j];
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) d[j] = a[j] * (d[j] - dot) * scale;
 }
 
 float* thread_scratch(size_t n) {
@@ -86,7 +98,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
   const int64_t qs = H * D, ks = KVH * D;  // token row strides of q/out and k/v
   const float scale = 1.0f / std::sqrt(float(D));
   const int64_t tasks = B * H;
-  const bool par = omp_get_max_threads() > 1 && tasks > 1;
+  const bool par = omp_get_max_threads() > 1 && tasks > 1 && B * H * T * T * D >= kParallelWork;
   BlasSerial serial(par);
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t task = 0; task < tasks; task++) {
@@ -123,7 +135,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   // One task per (batch, kv head): its query heads are processed in order, so the shared
   // dk/dv rows are written by one thread only.
   const int64_t tasks = B * KVH;
-  const bool par = omp_get_max_threads() > 1 && tasks > 1;
+  const bool par = omp_get_max_threads() > 1 && tasks > 1 && B * H * T * T * D >= kParallelWork;
   BlasSerial serial(par);
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t task = 0; task < tasks; task++) {
@@ -150,13 +162,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         // softmax backward: ds = a ⊙ (ds - Σ_j a·ds) * scale; zero beyond the diagonal
         for (int64_t i = 0; i < m; i++) {
           const int64_t t = r0 + i;
-          const float* ar = ab + i * T;  // (T)
-          float* dr = ds + i * T;        // (T)
-          float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t j = 0; j <= t; j++) dot += ar[j] * dr[j];
-#pragma omp simd
-          for (int64_t j = 0; j <= t; j++) dr[j] = ar[j] * (dr[j] - dot) * scale;
+          float* dr = ds + i * T;  // (T)
+          softmax_backward_row(ab + i * T, dr, t + 1, scale);
           std::fill(dr + t + 1, dr + r1, 0.0f);
         }
         // dq[r0:r1] += ds[0:m, 0:r1] · k[0:r1]

@@ -35,6 +35,9 @@ struct BlasSerial {
   BlasSerial& operator=(const BlasSerial&) = delete;
 };
 
+// Multiply-adds below which the tiled (converted-weight) path stays on one thread.
+constexpr int64_t kParallelWork = int64_t(1) << 18;
+
 inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
 // C (M,N; row stride ldc) = alpha * op(A) * op(B) + beta * C with explicit leading dims.
@@ -173,7 +176,7 @@ void linear_forward(float* y, const float* x, const Matrix& W, const float* bias
   const int nthreads = omp_get_max_threads();
   const int64_t tr_rows = tile_rows_for(W, nthreads);
   const int64_t ntiles = (out + tr_rows - 1) / tr_rows;
-  const bool par = nthreads > 1 && ntiles > 1;
+  const bool par = nthreads > 1 && ntiles > 1 && N * out * in >= kParallelWork;
   BlasSerial serial(par);
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t t = 0; t < ntiles; t++) {
@@ -209,7 +212,8 @@ void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t 
 
   const int64_t tr_rows = tile_rows_for(W, omp_get_max_threads());
   const int64_t ntiles = (out + tr_rows - 1) / tr_rows;
-  const int nthr = int(std::min<int64_t>(omp_get_max_threads(), ntiles));
+  const int nthr =
+      N * out * in >= kParallelWork ? int(std::min<int64_t>(omp_get_max_threads(), ntiles)) : 1;
   // Thread 0 accumulates into dx itself; threads 1.. into private partial sums.
   thread_local std::vector<float> partial;  // (nthr-1, N, in)
   const size_t per = size_t(N * in);
