@@ -247,7 +247,7 @@ TEST(OpsLinear, TiledThreadedPath) {
   for (const Case& c : {Case{DType::F16, false}, Case{DType::BF16, true}, Case{DType::Q8_0, false}}) {
     TestMatrix tm = make_matrix(W, rows, cols, c.dt, c.transposed);
     const std::string name = std::string(dtype_name(c.dt)) + (c.transposed ? " transposed" : "");
-    for (int64_t N : {1, 4}) {
+    for (int64_t N : {1, 4, 6}) {  // row-by-row path (N <= 4) and tile + BLAS path
       Vec x = randn(static_cast<size_t>(N * cols), rng), y(static_cast<size_t>(N * rows));
       linear_forward(y.data(), x.data(), tm.m, bias.data(), N);
       expect_close(y, ref_linear(x, tm.logical, bias.data(), N, rows, cols), 1e-4, 1e-4,

@@ -1,7 +1,8 @@
 // Matrix products: a thin BLAS wrapper (gemm) and the linear layer forward/backward.
 // F32 weights go straight to one sgemm (or sgemv for a single row). Every other dtype is
 // converted in row tiles into a per-thread scratch buffer; threads take whole tiles and call
-// single-threaded BLAS on them, so the weight is never converted in full.
+// single-threaded BLAS on them, so the weight is never converted in full. For a few rows of
+// x (decode) each weight row is converted into an L1 buffer and used by dot products.
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -37,6 +38,9 @@ struct BlasSerial {
 
 // Multiply-adds below which the tiled (converted-weight) path stays on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 18;
+// Up to this many rows of x, converted weights are used row by row (convert one row into an
+// L1 buffer, then dot products) instead of tile + BLAS: decode is bound by reading W.
+constexpr int64_t kRowPathMaxN = 4;
 
 inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
@@ -116,14 +120,89 @@ void convert_tile(const Matrix& W, int64_t r0, int64_t n, float* tile) {
   }
 }
 
-// Rows per conversion tile: about 256 KiB of f32 scratch (L2-resident), a multiple of 8,
-// and small enough that every thread gets at least two tiles when the matrix allows it.
+// Rows per conversion tile: 128 (sgemm on narrower tiles loses efficiency; the tile is
+// packed by BLAS anyway), reduced so that every thread gets at least two tiles when the
+// matrix allows it; a multiple of 8.
 int64_t tile_rows_for(const Matrix& W, int nthreads) {
-  int64_t t = (int64_t(1) << 16) / std::max<int64_t>(W.cols, 1);
-  t = std::clamp<int64_t>(t / 8 * 8, 8, 512);
+  int64_t t = 128;
   const int64_t per_thread = (W.rows + 2 * nthreads - 1) / (2 * nthreads);
   t = std::min(t, std::max<int64_t>(8, (per_thread + 7) / 8 * 8));
   return std::min(t, std::max<int64_t>(W.rows, 1));
+}
+
+// Σ a·b over n floats.
+[[gnu::noinline]] float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+// y (n) += alpha · x (n)
+[[gnu::noinline]] void axpy(float* __restrict y, float alpha, const float* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+// Fused conversion + dot / axpy for 16-bit weight rows (no f32 copy of the row is written).
+inline float bf16f(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+
+// Σ w·x over n with w bf16 (n), x f32 (n).
+[[gnu::noinline]] float dot_bf16(const uint16_t* __restrict w, const float* __restrict x, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) s += bf16f(w[i]) * x[i];
+  return s;
+}
+
+// y (n) += alpha · w (n, bf16)
+[[gnu::noinline]] void axpy_bf16(float* __restrict y, float alpha, const uint16_t* __restrict w, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) y[i] += alpha * bf16f(w[i]);
+}
+
+// Σ w·x over n with w f16 (n), x f32 (n).
+[[gnu::noinline]] float dot_f16(const uint16_t* __restrict w, const float* __restrict x, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+    acc = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i), acc);
+  }
+  s = _mm512_reduce_add_ps(acc);
+#elif defined(__F16C__) && defined(__FMA__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+    acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), acc);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  for (float l : lanes) s += l;
+#endif
+  for (; i < n; i++) s += f16_to_f32(w[i]) * x[i];
+  return s;
+}
+
+// y (n) += alpha · w (n, f16)
+[[gnu::noinline]] void axpy_f16(float* __restrict y, float alpha, const uint16_t* __restrict w, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 a = _mm512_set1_ps(alpha);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a, wv, _mm512_loadu_ps(y + i)));
+  }
+#elif defined(__F16C__) && defined(__FMA__)
+  const __m256 a = _mm256_set1_ps(alpha);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, wv, _mm256_loadu_ps(y + i)));
+  }
+#endif
+  for (; i < n; i++) y[i] += alpha * f16_to_f32(w[i]);
 }
 
 void check_matrix(const Matrix& W, const char* what) {
@@ -173,6 +252,29 @@ void linear_forward(float* y, const float* x, const Matrix& W, const float* bias
     return;
   }
 
+  if (N <= kRowPathMaxN && !W.transposed) {
+    // y[n, r] = W[r, :] · x[n, :] (+ bias[r]); threads own contiguous row ranges.
+#pragma omp parallel if (N * out * in >= kParallelWork)
+    {
+      float* row = thread_scratch(size_t(in));  // (in) one converted weight row
+      const uint16_t* w16 = static_cast<const uint16_t*>(W.data);  // (out, in) for F16/BF16
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < out; r++) {
+        const float b = bias ? bias[r] : 0.0f;
+        float* yr = y + r;  // column r of y (N; stride out)
+        if (W.dtype == DType::BF16) {
+          for (int64_t n = 0; n < N; n++) yr[n * out] = dot_bf16(w16 + r * in, x + n * in, in) + b;
+        } else if (W.dtype == DType::F16) {
+          for (int64_t n = 0; n < N; n++) yr[n * out] = dot_f16(w16 + r * in, x + n * in, in) + b;
+        } else {
+          convert_tile(W, r, 1, row);
+          for (int64_t n = 0; n < N; n++) yr[n * out] = dot(row, x + n * in, in) + b;
+        }
+      }
+    }
+    return;
+  }
+
   const int nthreads = omp_get_max_threads();
   const int64_t tr_rows = tile_rows_for(W, nthreads);
   const int64_t ntiles = (out + tr_rows - 1) / tr_rows;
@@ -210,7 +312,8 @@ void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t 
     return;
   }
 
-  const int64_t tr_rows = tile_rows_for(W, omp_get_max_threads());
+  const bool row_path = N <= kRowPathMaxN && !W.transposed;
+  const int64_t tr_rows = row_path ? 1 : tile_rows_for(W, omp_get_max_threads());
   const int64_t ntiles = (out + tr_rows - 1) / tr_rows;
   const int nthr =
       N * out * in >= kParallelWork ? int(std::min<int64_t>(omp_get_max_threads(), ntiles)) : 1;
@@ -219,22 +322,39 @@ void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t 
   const size_t per = size_t(N * in);
   if (nthr > 1) partial.assign(size_t(nthr - 1) * per, 0.0f);
   {
-    BlasSerial serial(nthr > 1);
+    BlasSerial serial(nthr > 1 && !row_path);
     float* partial_base = partial.data();
 #pragma omp parallel num_threads(nthr) if (nthr > 1)
     {
       const int tid = omp_get_thread_num();
       float* acc = tid == 0 ? dx : partial_base + size_t(tid - 1) * per;  // (N, in)
+      if (row_path) {
+        float* row = thread_scratch(size_t(in));  // (in) one converted weight row
+        const uint16_t* w16 = static_cast<const uint16_t*>(W.data);  // (out, in) for F16/BF16
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < out; r++) {
+          // acc[n, :] += dy[n, r] · W[r, :]
+          if (W.dtype == DType::BF16) {
+            for (int64_t n = 0; n < N; n++) axpy_bf16(acc + n * in, dy[n * out + r], w16 + r * in, in);
+          } else if (W.dtype == DType::F16) {
+            for (int64_t n = 0; n < N; n++) axpy_f16(acc + n * in, dy[n * out + r], w16 + r * in, in);
+          } else {
+            convert_tile(W, r, 1, row);
+            for (int64_t n = 0; n < N; n++) axpy(acc + n * in, dy[n * out + r], row, in);
+          }
+        }
+      } else {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < ntiles; t++) {
-        const int64_t r0 = t * tr_rows, n = std::min(tr_rows, out - r0);
-        float* tile = thread_scratch(size_t(n * in));  // (n, in), or (in, n) when transposed
-        convert_tile(W, r0, n, tile);
-        // acc (N, in) += dy[:, r0:r0+n] (N, n; row stride out) · W[r0:r0+n, :]
-        if (!W.transposed)
-          gemm_ld(false, false, N, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, acc, in);
-        else
-          gemm_ld(false, true, N, in, n, 1.0f, dy + r0, out, tile, n, 1.0f, acc, in);
+        for (int64_t t = 0; t < ntiles; t++) {
+          const int64_t r0 = t * tr_rows, n = std::min(tr_rows, out - r0);
+          float* tile = thread_scratch(size_t(n * in));  // (n, in), or (in, n) when transposed
+          convert_tile(W, r0, n, tile);
+          // acc (N, in) += dy[:, r0:r0+n] (N, n; row stride out) · W[r0:r0+n, :]
+          if (!W.transposed)
+            gemm_ld(false, false, N, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, acc, in);
+          else
+            gemm_ld(false, true, N, in, n, 1.0f, dy + r0, out, tile, n, 1.0f, acc, in);
+        }
       }
     }
   }
