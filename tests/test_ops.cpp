@@ -165,7 +165,10 @@ void ref_attention(const Vec& q, const Vec& k, const Vec& v, int64_t B, int64_t 
 
 TEST(OpsGemm, AllTransposesAndShapes) {
   std::mt19937 rng(1);
-  const int64_t shapes[][3] = {{7, 5, 9}, {1, 6, 11}, {6, 1, 11}, {1, 1, 4}, {33, 17, 20}};
+  // small shapes run on one thread; the last four are split over threads by columns / rows
+  const int64_t shapes[][3] = {{7, 5, 9},     {1, 6, 11},   {6, 1, 11},    {1, 1, 4},
+                               {33, 17, 20},  {1, 700, 400}, {700, 1, 400}, {40, 300, 30},
+                               {300, 40, 30}};
   for (auto& s : shapes) {
     const int64_t M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)

@@ -1,6 +1,6 @@
 // Causal grouped-query attention. Each (batch, head) is an independent task; per task the
 // query rows are processed in blocks of kBlk so that BLAS only touches the causal part
-// [0, r1) of the score matrix. Tasks run in parallel with single-threaded BLAS inside.
+// [0, r1) of the score matrix. Tasks run in parallel (OpenMP) with single-threaded BLAS.
 #include <cblas.h>
 #include <omp.h>
 
@@ -19,20 +19,14 @@ constexpr int64_t kBlk = 64;  // query rows per block
 // Multiply-adds (about B·H·T²·D) below which attention stays on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
-// Runs OpenBLAS single-threaded while alive (for BLAS calls made inside OpenMP regions).
-struct BlasSerial {
-  int prev = 1;
-  explicit BlasSerial(bool active) {
-    if (!active) return;
-    prev = openblas_get_num_threads();
-    if (prev != 1) openblas_set_num_threads(1);
-  }
-  ~BlasSerial() {
-    if (prev != 1) openblas_set_num_threads(prev);
-  }
-  BlasSerial(const BlasSerial&) = delete;
-  BlasSerial& operator=(const BlasSerial&) = delete;
-};
+// OpenMP is the only thread pool: BLAS runs single-threaded (matmul.cpp does the same).
+void use_serial_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
 
 // exp(x) for x <= 0 region of softmax (valid on [-87, 88]; below -87 returns 0): Cephes
 // polynomial, ~1 ulp, branch-free so loops over it vectorize.
@@ -99,7 +93,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
   const float scale = 1.0f / std::sqrt(float(D));
   const int64_t tasks = B * H;
   const bool par = omp_get_max_threads() > 1 && tasks > 1 && B * H * T * T * D >= kParallelWork;
-  BlasSerial serial(par);
+  use_serial_blas();
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t task = 0; task < tasks; task++) {
     const int64_t b = task / H, h = task % H, kh = h / G;
@@ -136,7 +130,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   // dk/dv rows are written by one thread only.
   const int64_t tasks = B * KVH;
   const bool par = omp_get_max_threads() > 1 && tasks > 1 && B * H * T * T * D >= kParallelWork;
-  BlasSerial serial(par);
+  use_serial_blas();
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t task = 0; task < tasks; task++) {
     const int64_t b = task / KVH, kh = task % KVH;
@@ -185,7 +179,7 @@ void attention_decode(float* out, const float* q, const float* kcache, const flo
   const int64_t ks = KVH * D;  // cache row stride
   const float scale = 1.0f / std::sqrt(float(D));
   const bool par = omp_get_max_threads() > 1 && KVH > 1 && T * H * D >= 16384;
-  BlasSerial serial(par);
+  use_serial_blas();
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t kh = 0; kh < KVH; kh++) {
     const float* qg = q + kh * G * D;          // (G, D): the query heads of this kv head

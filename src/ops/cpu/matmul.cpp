@@ -1,8 +1,11 @@
 // Matrix products: a thin BLAS wrapper (gemm) and the linear layer forward/backward.
-// F32 weights go straight to one sgemm (or sgemv for a single row). Every other dtype is
-// converted in row tiles into a per-thread scratch buffer; threads take whole tiles and call
-// single-threaded BLAS on them, so the weight is never converted in full. For a few rows of
-// x (decode) each weight row is converted into an L1 buffer and used by dot products.
+// Threading: OpenMP only. OpenBLAS is switched to one thread on first use and products are
+// split over OpenMP threads here (gemm_par), so there is a single thread pool.
+// F32 weights go straight to sgemm (sgemv for a single row), split by output columns. Every
+// other dtype is converted in row tiles into a per-thread scratch buffer; threads take whole
+// tiles and call BLAS on them, so the weight is never converted in full. For a few rows of x
+// (decode) F16/BF16 rows are read directly by fused convert+dot kernels, and quantized rows
+// are converted one at a time into an L1 buffer.
 #include <cblas.h>
 #include <omp.h>
 
@@ -21,21 +24,18 @@
 namespace lowrank::ops {
 namespace {
 
-// Runs OpenBLAS single-threaded while alive (for BLAS calls made inside OpenMP regions).
-struct BlasSerial {
-  int prev = 1;
-  explicit BlasSerial(bool active) {
-    if (!active) return;
-    prev = openblas_get_num_threads();
-    if (prev != 1) openblas_set_num_threads(1);
-  }
-  ~BlasSerial() {
-    if (prev != 1) openblas_set_num_threads(prev);
-  }
-  BlasSerial(const BlasSerial&) = delete;
-  BlasSerial& operator=(const BlasSerial&) = delete;
-};
+// One thread pool: every op parallelizes with OpenMP and calls BLAS single-threaded, so the
+// OpenMP and OpenBLAS pools never compete for the (few) cores. Idempotent.
+void use_serial_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
 
+// Multiply-adds below which an f32 product runs on one thread.
+constexpr int64_t kGemmParallelWork = int64_t(1) << 18;
 // Multiply-adds below which the tiled (converted-weight) path stays on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 // Up to this many rows of x, converted weights are used row by row (convert one row into an
@@ -73,6 +73,31 @@ void gemm_ld(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, con
     return;
   }
   cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// gemm_ld split over OpenMP threads by blocks of C columns (or rows when C is taller than
+// wide, so that the smaller operand is the one every thread reads in full).
+void gemm_par(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  use_serial_blas();
+  const int nt = omp_get_max_threads();
+  if (nt <= 1 || omp_in_parallel() || M * N * std::max<int64_t>(K, 1) < kGemmParallelWork) {
+    gemm_ld(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  const bool by_cols = N >= M;
+  const int64_t len = by_cols ? N : M;
+  const int64_t chunk = ((len + nt - 1) / nt + 15) / 16 * 16;  // multiple of 16 (64 bytes)
+  const int64_t nchunks = (len + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static, 1) num_threads(int(nchunks))
+  for (int64_t c = 0; c < nchunks; c++) {
+    const int64_t p0 = c * chunk, np = std::min(chunk, len - p0);
+    if (by_cols)  // C[:, p0:p0+np] uses columns p0.. of op(B)
+      gemm_ld(ta, tb, M, np, K, alpha, A, lda, tb ? B + p0 * ldb : B + p0, ldb, beta, C + p0, ldc);
+    else          // C[p0:p0+np, :] uses rows p0.. of op(A)
+      gemm_ld(ta, tb, np, N, K, alpha, ta ? A + p0 : A + p0 * lda, lda, B, ldb, beta,
+              C + p0 * ldc, ldc);
+  }
 }
 
 // n f16 values -> f32 (hardware conversion when F16C is available).
@@ -228,8 +253,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           const float* A, const float* B, float beta, float* C) {
   const int64_t lda = trans_a ? M : K;
   const int64_t ldb = trans_b ? K : N;
-  gemm_ld(trans_a, trans_b, M, N, K, alpha, A, std::max<int64_t>(lda, 1), B,
-          std::max<int64_t>(ldb, 1), beta, C, N);
+  gemm_par(trans_a, trans_b, M, N, K, alpha, A, std::max<int64_t>(lda, 1), B,
+           std::max<int64_t>(ldb, 1), beta, C, N);
 }
 
 void linear_forward(float* y, const float* x, const Matrix& W, const float* bias, int64_t N) {
@@ -246,9 +271,9 @@ void linear_forward(float* y, const float* x, const Matrix& W, const float* bias
       beta = 1.0f;
     }
     if (!W.transposed)
-      gemm_ld(false, true, N, out, in, 1.0f, x, in, w, in, beta, y, out);
+      gemm_par(false, true, N, out, in, 1.0f, x, in, w, in, beta, y, out);
     else
-      gemm_ld(false, false, N, out, in, 1.0f, x, in, w, out, beta, y, out);
+      gemm_par(false, false, N, out, in, 1.0f, x, in, w, out, beta, y, out);
     return;
   }
 
@@ -279,7 +304,7 @@ void linear_forward(float* y, const float* x, const Matrix& W, const float* bias
   const int64_t tr_rows = tile_rows_for(W, nthreads);
   const int64_t ntiles = (out + tr_rows - 1) / tr_rows;
   const bool par = nthreads > 1 && ntiles > 1 && N * out * in >= kParallelWork;
-  BlasSerial serial(par);
+  use_serial_blas();
 #pragma omp parallel for schedule(dynamic, 1) if (par)
   for (int64_t t = 0; t < ntiles; t++) {
     const int64_t r0 = t * tr_rows, n = std::min(tr_rows, out - r0);
@@ -306,9 +331,9 @@ void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t 
   if (W.dtype == DType::F32) {
     const float* w = static_cast<const float*>(W.data);  // (out, in) or (in, out) when transposed
     if (!W.transposed)
-      gemm_ld(false, false, N, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+      gemm_par(false, false, N, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
     else
-      gemm_ld(false, true, N, in, out, 1.0f, dy, out, w, out, 1.0f, dx, in);
+      gemm_par(false, true, N, in, out, 1.0f, dy, out, w, out, 1.0f, dx, in);
     return;
   }
 
@@ -322,7 +347,7 @@ void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t 
   const size_t per = size_t(N * in);
   if (nthr > 1) partial.assign(size_t(nthr - 1) * per, 0.0f);
   {
-    BlasSerial serial(nthr > 1 && !row_path);
+    use_serial_blas();
     float* partial_base = partial.data();
 #pragma omp parallel num_threads(nthr) if (nthr > 1)
     {
@@ -374,7 +399,7 @@ void linear_backward_weight(float* dW, float* dbias, const float* dy, const floa
                             int64_t in, int64_t out) {
   if (N <= 0 || out <= 0) return;
   // dW (out, in) += dyᵀ (out, N) · x (N, in)
-  if (dW && in > 0) gemm_ld(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+  if (dW && in > 0) gemm_par(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
   if (dbias) {
     constexpr int64_t kChunk = 256;
     const int64_t nchunks = (out + kChunk - 1) / kChunk;
