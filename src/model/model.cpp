@@ -230,7 +230,8 @@ double Model::forward(const Batch& batch, bool training) {
     fail("sequence length ", T, " exceeds the model's ", c.max_pos, " positions");
   for (int32_t id : batch.ids)
     if (id < 0 || id >= V) fail("token id ", id, " is outside the vocabulary (", V, ")");
-  batch_ = &batch;
+  batch_ = batch;
+  have_batch_ = true;
   pos_.resize(size_t(N));
   for (int64_t n = 0; n < N; n++) pos_[size_t(n)] = int32_t(n % T);
 
@@ -316,8 +317,8 @@ double Model::forward(const Batch& batch, bool training) {
 // ---- backward -----------------------------------------------------------------------
 
 void Model::backward(float loss_scale) {
-  if (!batch_) fail("backward called without a forward");
-  const Batch& batch = *batch_;
+  if (!have_batch_) fail("backward called without a forward");
+  const Batch& batch = batch_;
   const ModelConfig& c = cfg;
   const int64_t B = batch.B, T = batch.T, N = B * T, C = c.dim, V = c.vocab, F = c.ffn;
   const int64_t H = c.n_head, KVH = c.n_kv_head, D = c.head_dim, HD = H * D, KD = KVH * D;

@@ -144,7 +144,8 @@ class Model {
                      const float* rstd, int64_t N);
   void rebuild_lora_links();
 
-  const Batch* batch_ = nullptr;
+  Batch batch_;                  // copy of the last forward's batch (for backward)
+  bool have_batch_ = false;
   std::vector<std::vector<float>> resid_;   // L+1 of (N, C)
   std::vector<LayerActs> acts_;
   std::vector<float> lnf_, lnf_mean_, lnf_rstd_;  // (N,C), (N), (N)
