@@ -566,7 +566,7 @@ TEST(OpsAttention, GQASmall) { attention_case(2, 7, 4, 2, 8, 11, 400); }
 TEST(OpsAttention, MHASmall) { attention_case(2, 6, 3, 3, 4, 12, 400); }
 TEST(OpsAttention, GQAMultiBlock) { attention_case(2, 70, 4, 2, 8, 13, 150); }   // T > row block
 TEST(OpsAttention, MHAMultiBlock) { attention_case(1, 130, 2, 2, 4, 14, 150); }  // 3 row blocks
-TEST(OpsAttention, GQAThreaded) { attention_case(2, 96, 4, 2, 16, 15, 40); }      // threaded path
+TEST(OpsAttention, GQAThreaded) { attention_case(2, 96, 4, 2, 16, 15, 16); }      // threaded path
 
 TEST(OpsAttention, DecodeLargeCache) {
   // Decode against a cache big enough for the threaded path, GQA and MHA, vs naive.

@@ -28,8 +28,9 @@ void use_serial_blas() {
   (void)done;
 }
 
-// exp(x) for x <= 0 region of softmax (valid on [-87, 88]; below -87 returns 0): Cephes
-// polynomial, ~1 ulp, branch-free so loops over it vectorize.
+// exp(x): Cephes polynomial, within ~1.5 ulp on [-87, 88]; saturates above 88, 0 below -87.
+// Branch-free so loops over it vectorize (libm expf calls would not). The same helper is
+// in activation.cpp, attention.cpp and loss.cpp: the op files share no private header.
 inline float exp_approx(float x) {
   const float xc = std::min(std::max(x, -87.0f), 88.0f);
   // n = round(xc·log2 e) via the 1.5·2^23 trick (std::floor would block vectorization)
