@@ -141,11 +141,7 @@ std::string LoraConfig::to_json() const {
   j["revision"] = nullptr;
   if (all_linear) j["target_modules"] = "all-linear";
   else if (!target_regex.empty()) j["target_modules"] = target_regex;
-  else {
-    std::vector<std::string> t = target_modules;
-    std::sort(t.begin(), t.end());  // PEFT stores a set; it is written sorted
-    j["target_modules"] = t;
-  }
+  else j["target_modules"] = target_modules;  // PEFT's set order is arbitrary: keep the order read
   j["target_parameters"] = nullptr;
   j["task_type"] = task_type.empty() ? json(nullptr) : json(task_type);
   j["trainable_token_indices"] = nullptr;
