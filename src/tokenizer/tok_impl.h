@@ -111,7 +111,7 @@ class MergeMap {
 };
 
 struct BpeModel {
-  std::unordered_map<std::string, int32_t> vocab;
+  const std::unordered_map<std::string, int32_t>* vocab = nullptr;  // Impl::model_vocab
   MergeMap merges;
   bool has_unk = false;
   std::string unk_token;
@@ -123,12 +123,19 @@ struct BpeModel {
 
   mutable std::shared_mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  // Pairs of adjacent code points that occur inside some vocabulary token (built lazily).
+  // A boundary between two in-vocabulary characters whose pair is not in this set can never
+  // be crossed by a merge, so long words are cut there and tokenized piecewise (same result).
+  mutable std::once_flag pairs_once;
+  mutable MergeMap inner_pairs;
 
   // Appends the ids for one pre-token. `source` names the file for errors.
   void tokenize(std::string_view word, std::vector<int32_t>& out, const std::string& source) const;
 
  private:
+  void tokenize_cached(std::string_view word, std::vector<int32_t>& out, const std::string& source) const;
   void merge_word(std::string_view word, std::vector<int32_t>& out, const std::string& source) const;
+  bool char_in_vocab(std::string_view c) const;
 };
 
 // llama.cpp's SentencePiece tokenizer (llm_tokenizer_spm).

@@ -43,17 +43,64 @@ struct MergeItem {
 };
 constexpr size_t kCacheMaxWordBytes = 256;
 constexpr size_t kCacheMaxEntries = 200000;
+#ifndef LOWRANK_TOK_SPLIT_MIN_BYTES
+#define LOWRANK_TOK_SPLIT_MIN_BYTES 128
+#endif
+constexpr size_t kSplitMinBytes = LOWRANK_TOK_SPLIT_MIN_BYTES;
 }  // namespace
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out, const std::string& source) const {
   if (word.empty()) return;
   if (ignore_merges) {
-    auto it = vocab.find(std::string(word));
-    if (it != vocab.end()) {
+    auto it = vocab->find(std::string(word));
+    if (it != vocab->end()) {
       out.push_back(it->second);
       return;
     }
   }
+  if (word.size() < kSplitMinBytes || !prefix.empty() || !suffix.empty()) {
+    tokenize_cached(word, out, source);
+    return;
+  }
+  std::call_once(pairs_once, [this] {
+    std::vector<std::pair<uint64_t, std::pair<int32_t, int32_t>>> pairs;
+    for (const auto& [tok, id] : *vocab) {
+      size_t i = 0;
+      uint32_t prev = 0;
+      bool first = true;
+      while (i < tok.size()) {
+        uint32_t cp = next_cp(tok, i);
+        if (!first) pairs.push_back({(uint64_t(prev) << 32) | cp, {0, 0}});
+        prev = cp;
+        first = false;
+      }
+    }
+    inner_pairs.build(pairs);
+  });
+  size_t seg_start = 0, i = 0;
+  uint32_t prev_cp = 0;
+  bool prev_known = false;
+  while (i < word.size()) {
+    size_t b = i;
+    uint32_t cp = next_cp(word, i);
+    bool known = char_in_vocab(word.substr(b, i - b));
+    int32_t r, n;
+    if (b > seg_start && known && prev_known && !inner_pairs.find(int32_t(prev_cp), int32_t(cp), r, n)) {
+      tokenize_cached(word.substr(seg_start, b - seg_start), out, source);
+      seg_start = b;
+    }
+    prev_cp = cp;
+    prev_known = known;
+  }
+  tokenize_cached(word.substr(seg_start), out, source);
+}
+
+bool BpeModel::char_in_vocab(std::string_view c) const {
+  if (c.size() == 1 && (unsigned char)c[0] < 128) return single_byte_ids[(unsigned char)c[0]] >= 0;
+  return vocab->find(std::string(c)) != vocab->end();
+}
+
+void BpeModel::tokenize_cached(std::string_view word, std::vector<int32_t>& out, const std::string& source) const {
   bool cacheable = word.size() < kCacheMaxWordBytes;
   std::string key;
   if (cacheable) {
@@ -86,8 +133,8 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out, const s
   int32_t unk_id = -1;
   uint32_t unk_len = 0;
   auto unk_vocab_id = [&]() -> int32_t {
-    auto it = vocab.find(unk_token);
-    if (it == vocab.end()) fail("file ", source, ": unk_token '", unk_token, "' is not in the vocabulary");
+    auto it = vocab->find(unk_token);
+    if (it == vocab->end()) fail("file ", source, ": unk_token '", unk_token, "' is not in the vocabulary");
     return it->second;
   };
   std::string s;
@@ -106,8 +153,8 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out, const s
       if (start != 0) s += prefix;
       s.append(w.substr(start, byte_len));
       if (i == w.size()) s += suffix;
-      auto it = vocab.find(s);
-      if (it != vocab.end()) id = it->second;
+      auto it = vocab->find(s);
+      if (it != vocab->end()) id = it->second;
     }
     if (id >= 0) {
       if (have_unk) {

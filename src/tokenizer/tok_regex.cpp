@@ -27,6 +27,7 @@ struct MatchData {
 }  // namespace
 
 Regex::Regex(const std::string& pattern, bool literal) {
+  if (literal) literal_ = pattern;
   int err = 0;
   PCRE2_SIZE erroff = 0;
   uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
@@ -65,6 +66,15 @@ static int run_match(const pcre2_code* code, pcre2_match_context* mctx, bool jit
 }
 
 void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const {
+  if (!literal_.empty()) {
+    size_t pos = 0;
+    while (true) {
+      size_t hit = s.find(literal_, pos);
+      if (hit == std::string_view::npos) return;
+      out.emplace_back(hit, hit + literal_.size());
+      pos = hit + literal_.size();
+    }
+  }
   auto code = static_cast<const pcre2_code*>(code_);
   auto mctx = static_cast<pcre2_match_context*>(mctx_);
   MatchData md(code);

@@ -25,6 +25,7 @@ class Regex {
   bool matches_at(std::string_view s, size_t pos) const;
 
  private:
+  std::string literal_;    // non-empty: plain substring search instead of PCRE2
   void* code_ = nullptr;   // pcre2_code_8*
   void* mctx_ = nullptr;   // pcre2_match_context_8*
   bool jit_ = false;

@@ -394,12 +394,14 @@ struct Loader {
     std::string t = tv ? str(*tv, "model.type") : (opt(o, "merges") ? "BPE" : "");
     if (t != "BPE") err("model: unsupported model type \"" + t + "\" (only BPE is supported)");
     BpeModel& m = im.bpe;
+    auto& mv = im.model_vocab;
+    m.vocab = &mv;
     const json& vocab = object(req(o, "vocab", "model"), "model.vocab");
-    m.vocab.reserve(vocab.size() * 2);
+    mv.reserve(vocab.size() * 2);
     int64_t max_id = -1;
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
       int64_t id = integer(it.value(), "model.vocab[\"" + it.key() + "\"]", 0, kMaxId);
-      m.vocab[it.key()] = int32_t(id);
+      mv[it.key()] = int32_t(id);
       max_id = std::max(max_id, id);
     }
     if (max_id >= 0 && size_t(max_id) > 2 * vocab.size() + 1024)
@@ -425,12 +427,12 @@ struct Loader {
     for (int b = 0; b < 256; b++) {
       char name[8];
       snprintf(name, sizeof(name), "<0x%02X>", b);
-      auto it = m.vocab.find(name);
-      m.byte_ids[b] = it == m.vocab.end() ? -1 : it->second;
+      auto it = mv.find(name);
+      m.byte_ids[b] = it == mv.end() ? -1 : it->second;
     }
     for (int c = 0; c < 128; c++) {
-      auto it = m.vocab.find(std::string(1, char(c)));
-      m.single_byte_ids[c] = it == m.vocab.end() ? -1 : it->second;
+      auto it = mv.find(std::string(1, char(c)));
+      m.single_byte_ids[c] = it == mv.end() ? -1 : it->second;
     }
 
     const json* merges = opt(o, "merges");
@@ -456,14 +458,14 @@ struct Loader {
         } else {
           err(where + " must be \"a b\" or [\"a\", \"b\"]");
         }
-        auto ia = m.vocab.find(a);
-        if (ia == m.vocab.end()) err(where + ": token \"" + a + "\" is not in the vocabulary");
-        auto ib = m.vocab.find(b);
-        if (ib == m.vocab.end()) err(where + ": token \"" + b + "\" is not in the vocabulary");
+        auto ia = mv.find(a);
+        if (ia == mv.end()) err(where + ": token \"" + a + "\" is not in the vocabulary");
+        auto ib = mv.find(b);
+        if (ib == mv.end()) err(where + ": token \"" + b + "\" is not in the vocabulary");
         if (b.size() < prefix_len) err(where + ": token \"" + b + "\" is shorter than continuing_subword_prefix");
         std::string merged = a + b.substr(prefix_len);
-        auto im2 = m.vocab.find(merged);
-        if (im2 == m.vocab.end()) err(where + ": merged token \"" + merged + "\" is not in the vocabulary");
+        auto im2 = mv.find(merged);
+        if (im2 == mv.end()) err(where + ": merged token \"" + merged + "\" is not in the vocabulary");
         uint64_t key = (uint64_t(uint32_t(ia->second)) << 32) | uint32_t(ib->second);
         entries.push_back({key, {int32_t(r), im2->second}});
       }
@@ -542,7 +544,6 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
       if (L.str(*v, "version") != "1.0") L.err("unknown tokenizer.json version \"" + v->get<std::string>() + "\"");
     }
     L.model(L.req(root, "model", "tokenizer.json"), *im);
-    im->model_vocab = im->bpe.vocab;
     if (const json* n = L.opt(root, "normalizer")) {
       im->normalizer = L.normalizer(*n, "normalizer", 0);
       im->has_normalizer = true;
@@ -564,7 +565,7 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
     // the content is already known, otherwise the next free id after the model vocabulary.
     std::vector<AddedToken> special_list, classic_list;
     std::unordered_set<std::string> special_set;
-    int64_t model_size = int64_t(im->bpe.vocab.size());
+    int64_t model_size = int64_t(im->model_vocab.size());
     int64_t max_added = -1;
     if (const json* at = L.opt(root, "added_tokens")) {
       L.array(*at, "added_tokens");
@@ -592,9 +593,9 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
         if (dup) continue;
         int64_t id;
         auto a = im->added_vocab.find(t.content);
-        auto mv = im->bpe.vocab.find(t.content);
+        auto mv = im->model_vocab.find(t.content);
         if (a != im->added_vocab.end()) id = a->second;
-        else if (mv != im->bpe.vocab.end()) id = mv->second;
+        else if (mv != im->model_vocab.end()) id = mv->second;
         else if (max_added < 0) id = model_size;
         else id = (max_added >= model_size || model_size == 0) ? max_added + 1 : model_size;
         if (id > kMaxId) L.err(where + ": too many added tokens");
