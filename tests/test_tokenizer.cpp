@@ -1,11 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/mmap_file.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace lowrank;
@@ -333,6 +335,46 @@ TEST(TokenizerSynthetic, ConfigAddsBosWithoutPostProcessor) {
   EXPECT_EQ(t.encode("abab"), (std::vector<int32_t>{0, 3, 3}));
   EXPECT_EQ(t.encode("abab", false), (std::vector<int32_t>{3, 3}));
   EXPECT_EQ(t.decode({0, 3, 3}), "<s> ab ab");  // no decoder: tokens joined by spaces
+}
+
+TEST(TokenizerSynthetic, ConfigFlagsRebuildPostProcessor) {
+  // transformers v5: add_bos_token/add_eos_token in tokenizer_config.json replace the
+  // tokenizer.json post-processor by "[bos] $A [eos]" (a missing flag counts as false).
+  std::string js = read_text_file(fixture_dir("tiny-llama") + "model/tokenizer.json");
+  using V = std::vector<int32_t>;
+  const std::string names = R"("bos_token": "<s>", "eos_token": "</s>")";
+  Tokenizer eos_only = Tokenizer::from_json(js, "{" + names + R"(, "add_eos_token": true})", "l/tokenizer.json");
+  EXPECT_EQ(eos_only.encode("Hi"), (V{15359, 2}));
+  EXPECT_EQ(eos_only.encode("Hi", false), (V{15359}));
+  Tokenizer both = Tokenizer::from_json(js, "{" + names + R"(, "add_bos_token": true, "add_eos_token": true})", "l/tokenizer.json");
+  EXPECT_EQ(both.encode("Hi"), (V{1, 15359, 2}));
+  Tokenizer none = Tokenizer::from_json(js, "{" + names + R"(, "add_bos_token": false})", "l/tokenizer.json");
+  EXPECT_EQ(none.encode("Hi"), (V{15359}));
+  Tokenizer plain = Tokenizer::from_json(js, "{" + names + "}", "l/tokenizer.json");
+  EXPECT_EQ(plain.encode("Hi"), (V{1, 15359}));  // tokenizer.json's TemplateProcessing
+  expect_error_mentions([&] { Tokenizer::from_json(js, R"({"add_bos_token": "yes"})", "l/tokenizer.json"); },
+                        "l/tokenizer_config.json");
+}
+
+TEST(TokenizerSynthetic, ConfigSpecialTokens) {
+  std::string js = read_text_file(fixture_dir("tiny-gpt2") + "model/tokenizer.json");
+  // split_special_tokens: special tokens in the text are plain text.
+  Tokenizer split = Tokenizer::from_json(js, R"({"split_special_tokens": true})", "g/tokenizer.json");
+  std::vector<int32_t> ids = split.encode("<|endoftext|>");
+  EXPECT_GT(ids.size(), 1u);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 50256), 0);
+  EXPECT_EQ(split.decode(ids), "<|endoftext|>");
+  // A special token only named in the config is added after the vocabulary, like transformers.
+  Tokenizer pad = Tokenizer::from_json(js, R"({"pad_token": {"content": "<pad>", "special": true}, "eos_token": "<|endoftext|>"})",
+                                       "g/tokenizer.json");
+  EXPECT_EQ(pad.token_to_id("<pad>"), 50257);
+  EXPECT_EQ(pad.pad_id(), 50257);
+  EXPECT_EQ(pad.pad_token(), "<pad>");
+  EXPECT_EQ(pad.vocab_size(), 50258);
+  EXPECT_EQ(pad.encode("hello<pad>"), (std::vector<int32_t>{31373, 50257}));
+  EXPECT_EQ(pad.decode({31373, 50257}, true), "hello");
+  EXPECT_EQ(pad.bos_id(), -1);
+  EXPECT_EQ(pad.eos_id(), 50256);
 }
 
 // ---------------------------------------------------------------- GGUF SentencePiece (llama.cpp)

@@ -214,7 +214,6 @@ struct Impl {
 
   std::string bos_token, eos_token, pad_token, chat_template;
   int32_t bos = -1, eos = -1, pad = -1;
-  bool cfg_add_bos = false, cfg_add_eos = false;  // used when there is no post-processor
 
   int32_t lookup(const std::string& t) const;
   std::vector<int32_t> encode(const std::string& text, bool add_special) const;

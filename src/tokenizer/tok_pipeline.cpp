@@ -411,35 +411,32 @@ void Decoder::decode_chain(std::vector<std::string>& tokens) const {
       break;
     }
     case Kind::Fuse: {
+      size_t total = 0;
+      for (auto& t : tokens) total += t.size();
       std::string all;
+      all.reserve(total);
       for (auto& t : tokens) all += t;
       tokens.assign(1, std::move(all));
       break;
     }
     case Kind::Strip:
       for (auto& t : tokens) {
-        std::vector<std::pair<size_t, uint32_t>> chars;  // (byte offset, cp)
-        size_t i = 0;
-        while (i < t.size()) {
-          size_t b = i;
-          chars.push_back({b, next_cp(t, i)});
+        // Cut up to `start` leading and `stop` trailing `ch` characters (never overlapping).
+        size_t bs = 0, n_start = 0;
+        while (n_start < start && bs < t.size()) {
+          size_t i = bs;
+          if (next_cp(t, i) != ch) break;
+          bs = i;
+          n_start++;
         }
-        size_t n = chars.size();
-        size_t start_cut = 0;
-        for (size_t k = 0; k < start && k < n; k++) {
-          if (chars[k].second == ch) start_cut = k + 1;
-          else break;
+        size_t be = t.size(), n_stop = 0;
+        while (n_stop < stop && be > bs) {
+          size_t i = be;
+          if (prev_cp(t, i) != ch) break;
+          be = i;
+          n_stop++;
         }
-        size_t stop_cut = n;
-        for (size_t k = 0; k < stop && k < n; k++) {
-          size_t idx = n - k - 1;
-          if (chars[idx].second == ch) stop_cut = idx;
-          else break;
-        }
-        if (stop_cut < start_cut) stop_cut = start_cut;
-        size_t bs = start_cut < n ? chars[start_cut].first : t.size();
-        size_t be = stop_cut < n ? chars[stop_cut].first : t.size();
-        t = t.substr(bs, be - bs);
+        if (bs > 0 || be < t.size()) t = t.substr(bs, be - bs);
       }
       break;
     case Kind::BPE:

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
@@ -484,6 +485,83 @@ std::string token_name(const json* v) {
   return "";
 }
 
+
+// Builds the AddedVocabulary the way HF does (AddedVocabulary::add_tokens): an id comes from the
+// vocabulary when the content is already known, otherwise the next free id after the model's.
+struct AddedBuilder {
+  Impl& im;
+  const Loader& L;
+  std::vector<AddedToken> special_list, classic_list;
+  std::unordered_set<std::string> special_set;
+  int64_t max_added = -1;
+
+  void add(AddedToken t, const std::string& where) {
+    if (t.special && !t.content.empty() && !special_set.count(t.content)) {
+      special_set.insert(t.content);
+      special_list.push_back(t);
+    }
+    if (t.content.empty()) return;
+    auto a = im.added_vocab.find(t.content);
+    if (a != im.added_vocab.end()) {
+      auto r = im.added_r.find(a->second);
+      if (r != im.added_r.end()) {
+        const AddedToken& e = r->second;
+        if (e.content == t.content && e.single_word == t.single_word && e.lstrip == t.lstrip &&
+            e.rstrip == t.rstrip && e.normalized == t.normalized && e.special == t.special)
+          return;  // exact duplicate
+      }
+    }
+    int64_t model_size = int64_t(im.model_vocab.size());
+    int64_t id;
+    auto mv = im.model_vocab.find(t.content);
+    if (a != im.added_vocab.end()) id = a->second;
+    else if (mv != im.model_vocab.end()) id = mv->second;
+    else if (max_added < 0) id = model_size;
+    else id = (max_added >= model_size || model_size == 0) ? max_added + 1 : model_size;
+    if (id > kMaxId) L.err(where + ": too many added tokens");
+    max_added = std::max(max_added, id);
+    t.id = int32_t(id);
+    im.added_vocab[t.content] = t.id;
+    im.added_r[t.id] = t;
+    if (!special_set.count(t.content)) classic_list.push_back(t);
+  }
+
+  AddedToken parse(const json& o, const std::string& where, bool default_special) const {
+    AddedToken t;
+    if (o.is_string()) {
+      t.content = o.get<std::string>();
+      t.special = default_special;
+      t.normalized = !t.special;
+      return t;
+    }
+    L.object(o, where);
+    t.content = L.req_str(o, "content", where);
+    t.special = L.opt_bool(o, "special", where, default_special);
+    t.single_word = L.opt_bool(o, "single_word", where, false);
+    t.lstrip = L.opt_bool(o, "lstrip", where, false);
+    t.rstrip = L.opt_bool(o, "rstrip", where, false);
+    t.normalized = L.opt_bool(o, "normalized", where, !t.special);
+    return t;
+  }
+
+  // Matching tries: special tokens first, then the others (the first identical pattern wins).
+  void build_tries(bool split_special_tokens) {
+    for (const auto* list : {&special_list, &classic_list}) {
+      for (const auto& t : *list) {
+        if (split_special_tokens && special_set.count(t.content)) continue;  // matched as plain text
+        int32_t id = im.added_vocab.at(t.content);
+        if (!t.normalized) {
+          im.trie_raw.add(t.content, id);
+        } else {
+          std::string pat = t.content;
+          if (im.has_normalizer) im.normalizer.apply(pat);
+          im.trie_norm.add(pat, id);
+        }
+      }
+    }
+  }
+};
+
 void finish_vocab(Impl& im, const std::unordered_set<std::string>& specials) {
   int64_t size = 0;
   for (const auto& [t, id] : im.model_vocab) size = std::max<int64_t>(size, int64_t(id) + 1);
@@ -503,42 +581,21 @@ void finish_vocab(Impl& im, const std::unordered_set<std::string>& specials) {
     if (im.present[id] && specials.count(im.id_to_token[id])) im.special[id] = 1;
 }
 
-void apply_config(Impl& im, const std::string& cfg_text, const std::string& cfg_source) {
-  if (cfg_text.empty()) return;
-  Loader L{cfg_source};
-  json cfg = L.parse(cfg_text);
-  if (!cfg.is_object()) L.err("expected a JSON object");
-  im.bos_token = token_name(L.opt(cfg, "bos_token"));
-  im.eos_token = token_name(L.opt(cfg, "eos_token"));
-  im.pad_token = token_name(L.opt(cfg, "pad_token"));
-  im.cfg_add_bos = L.opt_bool(cfg, "add_bos_token", "tokenizer_config", false);
-  im.cfg_add_eos = L.opt_bool(cfg, "add_eos_token", "tokenizer_config", false);
-  if (const json* ct = L.opt(cfg, "chat_template")) {
-    if (ct->is_string()) {
-      im.chat_template = ct->get<std::string>();
-    } else if (ct->is_array()) {
-      for (const auto& e : *ct)
-        if (e.is_object() && e.value("name", json()).is_string() && e["name"] == "default" &&
-            e.value("template", json()).is_string())
-          im.chat_template = e["template"].get<std::string>();
-    }
-  }
-}
-
-void resolve_special_ids(Impl& im) {
-  im.bos = im.bos_token.empty() ? -1 : im.lookup(im.bos_token);
-  im.eos = im.eos_token.empty() ? -1 : im.lookup(im.eos_token);
-  im.pad = im.pad_token.empty() ? -1 : im.lookup(im.pad_token);
-}
-
 std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source, const std::string& cfg_text,
                               const std::string& cfg_source) {
   auto im = std::make_shared<Impl>();
   im->mode = Impl::Mode::HF;
   im->source = source;
   Loader L{source};
+  Loader C{cfg_source};
   json root = L.parse(text);
   if (!root.is_object()) L.err("expected a JSON object at the top level");
+  json cfg = json::object();
+  if (!cfg_text.empty()) {
+    cfg = C.parse(cfg_text);
+    if (!cfg.is_object()) C.err("expected a JSON object");
+  }
+  AddedBuilder added{*im, L};
   try {
     if (const json* v = L.opt(root, "version")) {
       if (L.str(*v, "version") != "1.0") L.err("unknown tokenizer.json version \"" + v->get<std::string>() + "\"");
@@ -560,66 +617,15 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
       L.post_processor(*p, "post_processor", 0, im->post);
       im->has_post = true;
     }
-
-    // Added tokens, following AddedVocabulary::add_tokens: an id comes from the vocabulary when
-    // the content is already known, otherwise the next free id after the model vocabulary.
-    std::vector<AddedToken> special_list, classic_list;
-    std::unordered_set<std::string> special_set;
-    int64_t model_size = int64_t(im->model_vocab.size());
-    int64_t max_added = -1;
     if (const json* at = L.opt(root, "added_tokens")) {
       L.array(*at, "added_tokens");
       for (size_t i = 0; i < at->size(); i++) {
         std::string where = "added_tokens[" + std::to_string(i) + "]";
         const json& o = L.object((*at)[i], where);
-        AddedToken t;
-        t.content = L.req_str(o, "content", where);
         L.integer(L.req(o, "id", where), where + ".id", 0, kMaxId);
-        t.special = L.opt_bool(o, "special", where, false);
-        t.single_word = L.opt_bool(o, "single_word", where, false);
-        t.lstrip = L.opt_bool(o, "lstrip", where, false);
-        t.rstrip = L.opt_bool(o, "rstrip", where, false);
-        t.normalized = L.opt_bool(o, "normalized", where, !t.special);
-        if (t.special && !t.content.empty() && !special_set.count(t.content)) {
-          special_set.insert(t.content);
-          special_list.push_back(t);
-        }
-        if (t.content.empty()) continue;
-        bool dup = false;
-        for (const auto& [id, e] : im->added_r)
-          if (e.content == t.content && e.single_word == t.single_word && e.lstrip == t.lstrip &&
-              e.rstrip == t.rstrip && e.normalized == t.normalized && e.special == t.special)
-            dup = true;
-        if (dup) continue;
-        int64_t id;
-        auto a = im->added_vocab.find(t.content);
-        auto mv = im->model_vocab.find(t.content);
-        if (a != im->added_vocab.end()) id = a->second;
-        else if (mv != im->model_vocab.end()) id = mv->second;
-        else if (max_added < 0) id = model_size;
-        else id = (max_added >= model_size || model_size == 0) ? max_added + 1 : model_size;
-        if (id > kMaxId) L.err(where + ": too many added tokens");
-        max_added = std::max(max_added, id);
-        t.id = int32_t(id);
-        im->added_vocab[t.content] = t.id;
-        im->added_r[t.id] = t;
-        if (!special_set.count(t.content)) classic_list.push_back(t);
+        added.add(added.parse(o, where, false), where);
       }
     }
-    // Matching tries: special tokens first, then the others (the first identical pattern wins).
-    for (const auto* list : {&special_list, &classic_list}) {
-      for (const auto& t : *list) {
-        int32_t id = im->added_vocab.at(t.content);
-        if (!t.normalized) {
-          im->trie_raw.add(t.content, id);
-        } else {
-          std::string pat = t.content;
-          if (im->has_normalizer) im->normalizer.apply(pat);
-          im->trie_norm.add(pat, id);
-        }
-      }
-    }
-    finish_vocab(*im, special_set);
   } catch (const Error&) {
     throw;
   } catch (const json::exception& e) {
@@ -627,8 +633,88 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
   } catch (const std::exception& e) {
     L.err(std::string("cannot load tokenizer: ") + e.what());
   }
-  apply_config(*im, cfg_text, cfg_source);
-  resolve_special_ids(*im);
+
+  // tokenizer_config.json, as transformers' TokenizersBackend reads it.
+  bool split_special = false;
+  try {
+    im->bos_token = token_name(C.opt(cfg, "bos_token"));
+    im->eos_token = token_name(C.opt(cfg, "eos_token"));
+    im->pad_token = token_name(C.opt(cfg, "pad_token"));
+    if (const json* ct = C.opt(cfg, "chat_template")) {
+      if (ct->is_string()) {
+        im->chat_template = ct->get<std::string>();
+      } else if (ct->is_array()) {
+        for (const auto& e : *ct)
+          if (e.is_object() && e.contains("name") && e["name"] == "default" && e.contains("template") &&
+              e["template"].is_string())
+            im->chat_template = e["template"].get<std::string>();
+      }
+    }
+    split_special = C.opt_bool(cfg, "split_special_tokens", "tokenizer_config", false);
+    // Tokens the config knows but tokenizer.json does not are added (as transformers does).
+    auto known = [&](const std::string& content) { return im->added_vocab.count(content) > 0; };
+    if (const json* atd = C.opt(cfg, "added_tokens_decoder")) {
+      C.object(*atd, "added_tokens_decoder");
+      std::vector<std::pair<int64_t, const json*>> entries;
+      for (auto it = atd->begin(); it != atd->end(); ++it) {
+        char* end = nullptr;
+        long long k = std::strtoll(it.key().c_str(), &end, 10);
+        entries.push_back({(end && *end == 0) ? k : 0, &it.value()});
+      }
+      std::stable_sort(entries.begin(), entries.end(), [](auto& x, auto& y) { return x.first < y.first; });
+      for (auto& [k, v] : entries) {
+        AddedToken t = added.parse(*v, "added_tokens_decoder", false);
+        if (!known(t.content)) added.add(t, "tokenizer_config added_tokens_decoder");
+      }
+    }
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+      const json* v = C.opt(cfg, key);
+      if (!v || (!v->is_string() && !v->is_object())) continue;
+      AddedToken t = added.parse(*v, key, true);
+      t.special = true;
+      if (!known(t.content)) added.add(t, key);
+    }
+    for (const char* key : {"additional_special_tokens", "extra_special_tokens"}) {
+      const json* v = C.opt(cfg, key);
+      if (!v || !(v->is_array() || v->is_object())) continue;
+      for (const auto& e : *v) {
+        if (!e.is_string() && !e.is_object()) continue;
+        AddedToken t = added.parse(e, key, true);
+        if (!known(t.content)) added.add(t, key);
+      }
+    }
+    // transformers rebuilds the post-processor from bos/eos when the config sets
+    // add_bos_token/add_eos_token, or when tokenizer.json has none.
+    bool explicit_flags = cfg.contains("add_bos_token") || cfg.contains("add_eos_token");
+    if (explicit_flags || !im->has_post) {
+      auto flag = [&](const char* k) {
+        const json* v = C.opt(cfg, k);
+        if (v && !v->is_boolean()) C.err(std::string(k) + " must be a boolean");
+        return v && v->get<bool>();
+      };
+      bool add_bos = flag("add_bos_token"), add_eos = flag("add_eos_token");
+      std::vector<TemplateItem> tmpl;
+      auto special_item = [&](const std::string& name) {
+        int32_t id = im->lookup(name);
+        if (id < 0) C.err("token \"" + name + "\" to add is not in the vocabulary");
+        tmpl.push_back(TemplateItem{false, {id}});
+      };
+      if (add_bos && !im->bos_token.empty()) special_item(im->bos_token);
+      tmpl.push_back(TemplateItem{true, {}});
+      if (add_eos && !im->eos_token.empty()) special_item(im->eos_token);
+      im->post.assign(1, std::move(tmpl));
+      im->has_post = true;
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const json::exception& e) {
+    C.err(std::string("malformed tokenizer_config.json: ") + e.what());
+  }
+  added.build_tries(split_special);
+  finish_vocab(*im, added.special_set);
+  im->bos = im->bos_token.empty() ? -1 : im->lookup(im->bos_token);
+  im->eos = im->eos_token.empty() ? -1 : im->lookup(im->eos_token);
+  im->pad = im->pad_token.empty() ? -1 : im->lookup(im->pad_token);
   return im;
 }
 
@@ -761,8 +847,8 @@ std::vector<int32_t> Impl::encode(const std::string& input, bool add_special) co
   } catch (const std::exception& e) {
     fail("file ", source, ": cannot encode text: ", e.what());
   }
-  if (add_special) {
-    if (has_post) {
+  if (add_special && has_post) {
+    {
       for (const auto& tmpl : post) {
         std::vector<int32_t> next;
         next.reserve(ids.size() + 4);
@@ -772,9 +858,6 @@ std::vector<int32_t> Impl::encode(const std::string& input, bool add_special) co
         }
         ids.swap(next);
       }
-    } else {
-      if (cfg_add_bos && bos >= 0) ids.insert(ids.begin(), bos);
-      if (cfg_add_eos && eos >= 0) ids.push_back(eos);
     }
   }
   return ids;
