@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -484,6 +486,30 @@ TEST(TokenizerErrors, MalformedJsonThrows) {
   // Bad tokenizer_config.json names that file.
   expect_error_mentions([&] { Tokenizer::from_json("{" + ok_model + "}", "{oops", src); }, "tokenizer_config.json");
   expect_error_mentions([] { Tokenizer::from_hf_dir("/nonexistent/dir"); }, "/nonexistent/dir");
+}
+
+TEST(TokenizerThreads, ConcurrentEncodeIsConsistent) {
+  // The BPE word cache is shared; concurrent encodes must agree with a serial one.
+  Tokenizer t = Tokenizer::from_hf_dir(fixture_dir("tiny-gpt2") + "model");
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; i++) texts.push_back("word" + std::to_string(i * 7919) + " and more text " + std::to_string(i));
+  std::vector<std::vector<int32_t>> expect;
+  {
+    Tokenizer fresh = Tokenizer::from_hf_dir(fixture_dir("tiny-gpt2") + "model");
+    for (const auto& s : texts) expect.push_back(fresh.encode(s));
+  }
+  std::atomic<int> bad{0};
+  std::vector<std::thread> pool;
+  for (int k = 0; k < 4; k++)
+    pool.emplace_back([&, k] {
+      for (int rep = 0; rep < 5; rep++)
+        for (size_t i = 0; i < texts.size(); i++) {
+          size_t j = (i * (k + 1) + rep) % texts.size();
+          if (t.encode(texts[j]) != expect[j]) bad++;
+        }
+    });
+  for (auto& th : pool) th.join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 // ---------------------------------------------------------------- speed

@@ -640,6 +640,14 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
     im->bos_token = token_name(C.opt(cfg, "bos_token"));
     im->eos_token = token_name(C.opt(cfg, "eos_token"));
     im->pad_token = token_name(C.opt(cfg, "pad_token"));
+    if (im->pad_token.empty()) {
+      // transformers falls back to tokenizer.json's padding settings.
+      const json* pad = L.opt(root, "padding");
+      if (pad && pad->is_object()) {
+        auto it = pad->find("pad_token");
+        if (it != pad->end() && it->is_string()) im->pad_token = it->get<std::string>();
+      }
+    }
     if (const json* ct = C.opt(cfg, "chat_template")) {
       if (ct->is_string()) {
         im->chat_template = ct->get<std::string>();
