@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/mmap_file.h"
+#include "tokenizer/tok_unicode.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace lowrank;
@@ -510,6 +511,34 @@ TEST(TokenizerThreads, ConcurrentEncodeIsConsistent) {
     });
   for (auto& th : pool) th.join();
   EXPECT_EQ(bad.load(), 0);
+}
+
+TEST(TokenizerUnicode, NormalizationAndLossyUtf8) {
+  using namespace lowrank::tok;
+  EXPECT_EQ(normalize("e\xCC\x81", NormForm::NFC), "\xC3\xA9");                  // e + acute -> é
+  EXPECT_EQ(normalize("\xC3\xA9", NormForm::NFD), "e\xCC\x81");
+  EXPECT_EQ(normalize("\xEF\xAC\x81", NormForm::NFKC), "fi");                      // ﬁ ligature
+  EXPECT_EQ(normalize("\xEF\xAC\x81", NormForm::NFC), "\xEF\xAC\x81");
+  EXPECT_EQ(normalize("\xE2\x91\xA0", NormForm::NFKD), "1");                       // circled one
+  EXPECT_EQ(normalize("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", NormForm::NFC), "\xEA\xB0\x81");  // jamo -> 각
+  EXPECT_EQ(normalize("\xEA\xB0\x81", NormForm::NFD), "\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8");
+  // Canonical ordering: dot below (ccc 220) sorts before dot above (ccc 230).
+  EXPECT_EQ(normalize("\xE1\xB8\x8B\xCC\xA3", NormForm::NFD), "d\xCC\xA3\xCC\x87");
+  EXPECT_EQ(normalize("\xE1\xB8\x8B\xCC\xA3", NormForm::NFC), "\xE1\xB8\x8D\xCC\x87");
+  EXPECT_EQ(lowercase("A\xC3\x80\xCE\xA3"), "a\xC3\xA0\xCF\x83");           // AÀΣ -> aàσ
+  EXPECT_EQ(lowercase("\xC4\xB0"), "i\xCC\x87");                                  // İ -> i + dot
+  EXPECT_EQ(utf8_lossy("a\xF0\x9F\x98"), "a\xEF\xBF\xBD");                     // truncated 4-byte
+  EXPECT_EQ(utf8_lossy("\xC3\x28"), "\xEF\xBF\xBD(");
+  EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  EXPECT_EQ(utf8_lossy("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_TRUE(is_valid_utf8("h\xC3\xA9\xF0\x9F\xA6\x80"));
+  EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));                               // > U+10FFFF
+  EXPECT_EQ(unicode_to_byte(0x120), 0x20);    // 'Ġ' stands for the space byte
+  EXPECT_EQ(unicode_to_byte(0x100), 0x00);
+  EXPECT_EQ(unicode_to_byte(0x7F), -1);       // not printable: byte 0x7F maps elsewhere
+  EXPECT_EQ(byte_to_unicode(' '), "\xC4\xA0");  // ' ' -> 'Ġ'
+  EXPECT_EQ(byte_to_unicode('\n'), "\xC4\x8A");  // '\n' -> 'Ċ'
+  EXPECT_EQ(byte_to_unicode('a'), "a");
 }
 
 // ---------------------------------------------------------------- speed
