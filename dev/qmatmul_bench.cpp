@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
     W.rows = c.rows;
     W.cols = c.cols;
     W.data = data.data();
-    for (int64_t N : {1, 4}) {
+    for (int64_t N : {1, 4, 16}) {
       std::vector<float> x(size_t(N * c.cols)), y(size_t(N * c.rows));
       for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.0f;
       auto time_it = [&](auto&& fn) {
