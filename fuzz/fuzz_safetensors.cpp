@@ -26,7 +26,7 @@ bool is_float_type(DType t) { return t == DType::F32 || t == DType::F16 || t == 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     SafetensorsFile st = SafetensorsFile::parse(data, size, "fuzz.safetensors");
-    std::vector<float> buf(size_t(kMaxElems));
+    std::vector<float> buf(static_cast<size_t>(kMaxElems), 0.f);
     for (const Tensor& t : st.tensors()) {
       const int64_t numel = t.numel();
       if (numel < 0) __builtin_trap();  // shape validation let a negative size through
