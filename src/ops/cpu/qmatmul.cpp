@@ -23,7 +23,9 @@
 // (Q8_0, Q4_0) move their sign onto the activation (|w| · sign(a, w)); IQ2_XXS signs are
 // applied to the activation with a byte mask. Each block ends with one int32→f32 conversion
 // and an FMA into per-row f32 lanes. Up to 4 activation rows share one unpacking of a
-// weight block. The scalar kernels compute the same integer sums in plain C++.
+// weight block. With AVX-512 VBMI + VNNI, IQ2_XXS (the bulk of a 2-bit model) has a 512-bit
+// kernel that decodes signs and scales of a whole block in registers (see iq2_xxs_avx512).
+// The scalar kernels compute the same integer sums in plain C++.
 #include "ops/cpu/qmatmul.h"
 
 #include <omp.h>
