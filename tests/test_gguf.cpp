@@ -687,9 +687,10 @@ TEST(GgufTinyLlama, OpenAndDequantize) {
       to_f32(t.dtype, static_cast<const uint8_t*>(t.data) + r * row_bytes, y.data() + r * cols,
              cols);
     }
-    double sum_abs = 0, max_abs = 0;
+    double sum = 0, sum_abs = 0, max_abs = 0;
     for (float x : y) {
       ASSERT_TRUE(std::isfinite(x)) << t.name;
+      sum += x;
       sum_abs += std::fabs(x);
       max_abs = std::max(max_abs, double(std::fabs(x)));
     }
@@ -700,5 +701,9 @@ TEST(GgufTinyLlama, OpenAndDequantize) {
               << "\n";
     EXPECT_GT(mean_abs, 1e-4) << t.name;
     EXPECT_LT(max_abs, 10.0) << t.name;
+    // Weight matrices are roughly zero-centred; a wrong sign/offset decode would show here.
+    if (dtype_is_quantized(t.dtype)) {
+      EXPECT_LT(std::fabs(sum / double(y.size())), 0.25 * mean_abs) << t.name;
+    }
   }
 }

@@ -150,10 +150,31 @@ void dq_q6_k(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
   }
 }
 
+// IQ2_XXS expanded to floats once: grid[256][8] magnitudes and signs[128][8] of +-1, so the
+// inner loop is one 8-wide multiply instead of byte extraction and branches.
+struct Iq2xxsFloatTables {
+  alignas(32) float grid[256][8];   // grid[i][j] = byte j of kIq2xxsGrid[i]
+  alignas(32) float signs[128][8];  // signs[s][j] = -1 if bit j of kIq2xxsSigns[s] else +1
+  Iq2xxsFloatTables() {
+    for (int i = 0; i < 256; i++) {
+      for (int j = 0; j < 8; j++) grid[i][j] = float((kIq2xxsGrid[i] >> (8 * j)) & 255);
+    }
+    for (int s = 0; s < 128; s++) {
+      for (int j = 0; j < 8; j++) signs[s][j] = ((kIq2xxsSigns[s] >> j) & 1) ? -1.0f : 1.0f;
+    }
+  }
+};
+
+const Iq2xxsFloatTables& iq2xxs_float_tables() {
+  static const Iq2xxsFloatTables t;
+  return t;
+}
+
 // IQ2_XXS block (66 bytes): f16 d | u16 qs[32]. Group g (32 elements) = words w0, w1 at
 // byte 2 + 8g: the 4 bytes of w0 index the grid (8 magnitudes each), 7-bit fields of w1 pick
 // sign bytes, w1 >> 28 is the 4-bit group scale.
 void dq_iq2_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const Iq2xxsFloatTables& tab = iq2xxs_float_tables();
   for (int64_t b = 0; b < nb; b++, src += 66, y += 256) {
     const float d = load_f16(src);
     for (int g = 0; g < 8; g++) {
@@ -162,13 +183,10 @@ void dq_iq2_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) 
       std::memcpy(&w1, src + 6 + 8 * g, 4);
       const float db = d * (0.5f + float(w1 >> 28)) * 0.25f;
       for (int k = 0; k < 4; k++) {
-        const uint64_t grid = kIq2xxsGrid[(w0 >> (8 * k)) & 255];
-        const uint32_t signs = kIq2xxsSigns[(w1 >> (7 * k)) & 127];
+        const float* __restrict grid = tab.grid[(w0 >> (8 * k)) & 255];
+        const float* __restrict sign = tab.signs[(w1 >> (7 * k)) & 127];
         float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) {
-          const float mag = float((grid >> (8 * j)) & 255);
-          yy[j] = ((signs >> j) & 1) ? -db * mag : db * mag;
-        }
+        for (int j = 0; j < 8; j++) yy[j] = db * grid[j] * sign[j];
       }
     }
   }
