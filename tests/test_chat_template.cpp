@@ -267,6 +267,10 @@ TEST(ChatTemplate, Loops) {
   EXPECT_EQ(R("{% for x in [1,2,3] %}{{ loop.previtem | default('-') }}{{ loop.nextitem | default('-') }} {% endfor %}"),
             "-2 13 2- ");
   EXPECT_EQ(R("{% for x in [1,2,3] %}{{ loop.cycle('a','b') }}{% endfor %}"), "aba");
+  // The loop object is only built for bodies that mention `loop`; an outer one stays visible.
+  EXPECT_EQ(R("{% for a in [1,2] %}{% for b in 'xy' %}{{ b }}{% endfor %}{{ loop.index }}{% endfor %}"), "xy1xy2");
+  EXPECT_EQ(R("{% for a in [1,2] %}{% for b in 'xy' %}{{ loop.index }}{% endfor %}{% endfor %}"), "1212");
+  EXPECT_EQ(R("{% set loop = 'outer' %}{% for a in [1] %}{{ a }}{% endfor %}{{ loop }}"), "1outer");
 }
 
 TEST(ChatTemplate, ScopingAndNamespace) {
@@ -426,6 +430,11 @@ TEST(ChatTemplate, PathologicalInputsDoNotCrash) {
   expect_error(ifs, "nested too deeply");
   std::string lists = "{{ " + std::string(3000, '[') + std::string(3000, ']') + " }}";
   expect_error(lists, "nested too deeply");
+  // Deep macro recursion x deep expressions is stopped by the recursion budget.
+  std::string open(38, '['), close(38, ']');
+  expect_error("{% macro f(n) %}{% if n > 0 %}{{ " + open + "f(n - 1)" + close +
+                   " | length }}{% endif %}{% endmacro %}{{ f(31) }}",
+               "recursion too deep");
 }
 
 TEST(ChatTemplate, FuzzRealTemplatesOnlyThrowError) {

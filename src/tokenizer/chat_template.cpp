@@ -28,12 +28,14 @@ namespace {
 constexpr int kMaxParseDepth = 128;       // parser recursion (parens, unary chains, ...)
 constexpr int kMaxExprDepth = 128;        // depth of an expression tree
 constexpr int kMaxBlockNesting = 64;      // nested {% if %}/{% for %}/... blocks
-constexpr int kMaxRecursion = 1500;       // evaluator recursion (exec + eval + macro calls)
+constexpr int kMaxRecursion = 1000;       // evaluator recursion (exec + eval + macro calls)
 constexpr int kMaxMacroDepth = 32;        // nested macro calls
 constexpr size_t kMaxSteps = 2'000'000;   // executed statements + loop iterations per render
 constexpr size_t kMaxString = size_t(256) << 20;  // any string, including the output
 constexpr int64_t kMaxRange = 100'000;            // elements produced by range() or list * n
 constexpr uint32_t kGenTag = 0xffffffffu;          // provenance id of {% generation %} ranges
+
+#define NOINLINE __attribute__((noinline))
 
 // Formats "chat template: <what>, at line L col C" for a byte offset in the source.
 [[noreturn]] void fail_at(const std::string& src, size_t pos, const std::string& what) {
@@ -914,6 +916,7 @@ struct Stmt {
   std::vector<Body> bodies;          // If branches (+ else)
   std::vector<std::string> targets;  // For/Set/SetBlock names; Set attr: {namespace, attribute}
   bool attr_target = false;
+  bool uses_loop = false;            // For: the body mentions `loop` (else no loop object is made)
   Body body, else_body;
   std::vector<std::string> params;  // Macro
   std::vector<ExprP> defaults;      // Macro (null: no default)
@@ -958,6 +961,7 @@ class Parser {
   int depth_ = 0;
   int loop_depth_ = 0;
   int nest_ = 0;
+  int loop_refs_ = 0;  // `loop` names parsed so far
 
   [[noreturn]] void fail(size_t pos, const std::string& what) const { fail_at(src_, pos, what); }
 
@@ -1114,7 +1118,9 @@ class Parser {
       if (is_name("recursive")) fail(peek().pos, "recursive for loops are not supported");
       expect_block_end();
       loop_depth_++;
+      int refs = loop_refs_;
       s->body = parse_body({"else", "endfor"}, found, pos, "for");
+      s->uses_loop = loop_refs_ != refs;
       loop_depth_--;
       if (found == "else") {
         expect_block_end();
@@ -1338,6 +1344,7 @@ class Parser {
       } else {
         e->k = EK::Name;
         e->name = t.s;
+        if (t.s == "loop") loop_refs_++;
       }
       return e;
     }
@@ -1634,44 +1641,59 @@ class Interp {
     return kNormal;
   }
 
+  // exec/eval recurse through nested statements and expressions, so they only dispatch; the
+  // work (and the stack-hungry temporaries) lives in non-inlined helpers.
   Flow exec(const Stmt& s) {
     Rec r(*this, s.pos);
     if (++steps_ > kMaxSteps) fail(s.pos, "template execution limit exceeded");
     switch (s.k) {
       case SK::Text: write(s.text, s.pos); return kNormal;
-      case SK::Out: emit(eval(*s.expr), s.pos); return kNormal;
-      case SK::If:
-        for (size_t j = 0; j < s.conds.size(); j++)
-          if (truthy(eval(*s.conds[j]))) return exec_body(s.bodies[j]);
-        if (s.bodies.size() > s.conds.size()) return exec_body(s.bodies.back());
-        return kNormal;
+      case SK::Out: exec_out(s); return kNormal;
+      case SK::If: return exec_if(s);
       case SK::For: return exec_for(s);
-      case SK::Set: do_set(s, eval(*s.expr)); return kNormal;
-      case SK::SetBlock: {
-        sinks_.emplace_back();
-        Flow f = exec_body(s.body);
-        Sink c = std::move(sinks_.back());
-        sinks_.pop_back();
-        assign(s.targets[0], v_str(std::move(c.text), std::move(c.prov)));
-        return f;
-      }
-      case SK::Macro: {
-        Value m;
-        m.t = VT::Macro;
-        m.macro = &s;
-        assign(s.text, std::move(m));
-        return kNormal;
-      }
+      case SK::Set: exec_set(s); return kNormal;
+      case SK::SetBlock: return exec_set_block(s);
+      case SK::Macro: define_macro(s); return kNormal;
       case SK::Break: return kBreak;
       case SK::Continue: return kContinue;
-      case SK::Gen: {
-        size_t b = cur().text.size();
-        Flow f = exec_body(s.body);
-        cur().prov.push_back({kGenTag, b, cur().text.size()});
-        return f;
-      }
+      case SK::Gen: return exec_generation(s);
     }
     return kNormal;
+  }
+
+  NOINLINE void exec_out(const Stmt& s) { emit(eval(*s.expr), s.pos); }
+
+  NOINLINE Flow exec_if(const Stmt& s) {
+    size_t j = 0;
+    for (; j < s.conds.size(); j++)
+      if (truthy(eval(*s.conds[j]))) break;
+    if (j < s.bodies.size()) return exec_body(s.bodies[j]);  // else branch when j == conds.size()
+    return kNormal;
+  }
+
+  NOINLINE void exec_set(const Stmt& s) { do_set(s, eval(*s.expr)); }
+
+  NOINLINE Flow exec_set_block(const Stmt& s) {
+    sinks_.emplace_back();
+    Flow f = exec_body(s.body);
+    Sink c = std::move(sinks_.back());
+    sinks_.pop_back();
+    assign(s.targets[0], v_str(std::move(c.text), std::move(c.prov)));
+    return f;
+  }
+
+  NOINLINE void define_macro(const Stmt& s) {
+    Value m;
+    m.t = VT::Macro;
+    m.macro = &s;
+    assign(s.text, std::move(m));
+  }
+
+  NOINLINE Flow exec_generation(const Stmt& s) {
+    size_t b = cur().text.size();
+    Flow f = exec_body(s.body);
+    cur().prov.push_back({kGenTag, b, cur().text.size()});
+    return f;
   }
 
   void unpack(const std::vector<std::string>& names, const Value& v, size_t pos) {
@@ -1717,7 +1739,7 @@ class Interp {
     }
   }
 
-  Flow exec_for(const Stmt& s) {
+  NOINLINE Flow exec_for(const Stmt& s) {
     List items = iterate(eval(*s.expr), s.expr->pos);
     if (s.cond) {
       List kept;
@@ -1736,20 +1758,23 @@ class Interp {
       if (++steps_ > kMaxSteps) fail(s.pos, "template execution limit exceeded");
       frames_.emplace_back();
       unpack(s.targets, items[size_t(k)], s.pos);
-      auto loop = std::make_shared<Dict>();
-      loop->items = {{"index", v_int(k + 1)},         {"index0", v_int(k)},
-                     {"revindex", v_int(n - k)},      {"revindex0", v_int(n - k - 1)},
-                     {"first", v_bool(k == 0)},       {"last", v_bool(k == n - 1)},
-                     {"length", v_int(n)},            {"depth", v_int(1)},
-                     {"depth0", v_int(0)}};
-      if (k > 0) loop->items.emplace_back("previtem", items[size_t(k - 1)]);
-      if (k + 1 < n) loop->items.emplace_back("nextitem", items[size_t(k + 1)]);
-      assign("loop", v_dict(std::move(loop)));
+      if (s.uses_loop) make_loop_object(items, k);
       Flow f = exec_body(s.body);
       frames_.pop_back();
       if (f == kBreak) break;
     }
     return kNormal;
+  }
+
+  NOINLINE void make_loop_object(const List& items, int64_t k) {
+    const int64_t n = int64_t(items.size());
+    auto loop = std::make_shared<Dict>();
+    loop->items = {{"index", v_int(k + 1)},    {"index0", v_int(k)},         {"revindex", v_int(n - k)},
+                   {"revindex0", v_int(n - k - 1)}, {"first", v_bool(k == 0)}, {"last", v_bool(k == n - 1)},
+                   {"length", v_int(n)},       {"depth", v_int(1)},          {"depth0", v_int(0)}};
+    if (k > 0) loop->items.emplace_back("previtem", items[size_t(k - 1)]);
+    if (k + 1 < n) loop->items.emplace_back("nextitem", items[size_t(k + 1)]);
+    assign("loop", v_dict(std::move(loop)));
   }
 
   // ---- expressions ----
@@ -1758,75 +1783,109 @@ class Interp {
     Rec r(*this, e.pos);
     switch (e.k) {
       case EK::Const: return e.val;
-      case EK::Name: {
-        if (const Value* v = lookup(e.name)) return *v;
-        if (is_builtin(e.name)) return v_builtin(e.name);
-        return v_undef("'" + e.name + "' is undefined");
-      }
-      case EK::Attr: return get_attr(eval(*e.a[0]), e.name, e.pos);
-      case EK::Item: return get_item(eval(*e.a[0]), eval(*e.a[1]), e.pos);
+      case EK::Name: return eval_name(e);
+      case EK::Attr: return eval_attr(e);
+      case EK::Item: return eval_item(e);
       case EK::Slice: return eval_slice(e);
       case EK::Call: return eval_call(e);
-      case EK::Filter: {
-        Value in = eval(*e.a[0]);
-        Args args = eval_args(e, 1);
-        return apply_filter(e.name, in, args, e.pos);
-      }
-      case EK::Test: {
-        Value in = eval(*e.a[0]);
-        Args args = eval_args(e, 1);
-        bool res = apply_test(e.name, in, args, e.pos);
-        return v_bool(e.neg ? !res : res);
-      }
+      case EK::Filter: return eval_filter(e);
+      case EK::Test: return eval_test(e);
       case EK::Neg:
-      case EK::Pos: {
-        Value v = eval(*e.a[0]);
-        need(v, e.pos);
-        if (!is_num(v)) fail(e.pos, std::string("bad operand type for unary ") + (e.k == EK::Neg ? "-" : "+") + ": '" + type_name(v) + "'");
-        if (e.k == EK::Pos) return v.t == VT::Float ? v : v_int(ival(v));
-        if (v.t == VT::Float) return v_float(-v.f);
-        if (ival(v) == std::numeric_limits<int64_t>::min()) fail(e.pos, "integer overflow");
-        return v_int(-ival(v));
-      }
-      case EK::Bin: return binop(e.name, eval(*e.a[0]), eval(*e.a[1]), e.pos);
-      case EK::Cmp: {
-        Value l = eval(*e.a[0]);
-        for (size_t j = 0; j < e.ops.size(); j++) {
-          Value rr = eval(*e.a[j + 1]);
-          if (!compare(e.ops[j], l, rr, e.pos)) return v_bool(false);
-          l = std::move(rr);
-        }
-        return v_bool(true);
-      }
-      case EK::And: {
-        Value l = eval(*e.a[0]);
-        return truthy(l) ? eval(*e.a[1]) : l;
-      }
-      case EK::Or: {
-        Value l = eval(*e.a[0]);
-        return truthy(l) ? l : eval(*e.a[1]);
-      }
-      case EK::Not: return v_bool(!truthy(eval(*e.a[0])));
-      case EK::Cond:
-        if (truthy(eval(*e.a[0]))) return eval(*e.a[1]);
-        if (e.a[2]) return eval(*e.a[2]);
-        return v_undef("the inline if-expression evaluated to false and no else section was defined");
-      case EK::ListLit: {
-        List l;
-        for (auto& x : e.a) l.push_back(eval(*x));
-        return v_list(std::move(l));
-      }
-      case EK::DictLit: {
-        auto d = std::make_shared<Dict>();
-        for (size_t j = 0; j + 1 < e.a.size(); j += 2) {
-          Value k = eval(*e.a[j]);
-          if (k.t != VT::Str) fail(e.a[j]->pos, "dict keys must be strings");
-          d->set(k.s, eval(*e.a[j + 1]));
-        }
-        return v_dict(std::move(d));
-      }
+      case EK::Pos: return eval_unary(e);
+      case EK::Bin: return eval_bin(e);
+      case EK::Cmp: return eval_cmp(e);
+      case EK::And:
+      case EK::Or: return eval_logic(e);
+      case EK::Not: return eval_not(e);
+      case EK::Cond: return eval_cond(e);
+      case EK::ListLit: return eval_list(e);
+      case EK::DictLit: return eval_dict(e);
     }
     return Value{};
+  }
+
+  NOINLINE Value eval_name(const Expr& e) {
+    if (const Value* v = lookup(e.name)) return *v;
+    if (is_builtin(e.name)) return v_builtin(e.name);
+    return v_undef("'" + e.name + "' is undefined");
+  }
+
+  NOINLINE Value eval_attr(const Expr& e) { return get_attr(eval(*e.a[0]), e.name, e.pos); }
+
+  NOINLINE Value eval_item(const Expr& e) {
+    Value obj = eval(*e.a[0]);
+    return get_item(obj, eval(*e.a[1]), e.pos);
+  }
+
+  NOINLINE Value eval_filter(const Expr& e) {
+    Value in = eval(*e.a[0]);
+    Args args = eval_args(e, 1);
+    return apply_filter(e.name, in, args, e.pos);
+  }
+
+  NOINLINE Value eval_test(const Expr& e) {
+    Value in = eval(*e.a[0]);
+    Args args = eval_args(e, 1);
+    bool res = apply_test(e.name, in, args, e.pos);
+    return v_bool(e.neg ? !res : res);
+  }
+
+  NOINLINE Value eval_unary(const Expr& e) {
+    Value v = eval(*e.a[0]);
+    need(v, e.pos);
+    if (!is_num(v))
+      fail(e.pos, std::string("bad operand type for unary ") + (e.k == EK::Neg ? "-" : "+") + ": '" +
+                      type_name(v) + "'");
+    if (e.k == EK::Pos) return v.t == VT::Float ? v : v_int(ival(v));
+    if (v.t == VT::Float) return v_float(-v.f);
+    if (ival(v) == std::numeric_limits<int64_t>::min()) fail(e.pos, "integer overflow");
+    return v_int(-ival(v));
+  }
+
+  NOINLINE Value eval_bin(const Expr& e) {
+    Value l = eval(*e.a[0]);
+    return binop(e.name, l, eval(*e.a[1]), e.pos);
+  }
+
+  NOINLINE Value eval_cmp(const Expr& e) {
+    Value l = eval(*e.a[0]);
+    for (size_t j = 0; j < e.ops.size(); j++) {
+      Value rr = eval(*e.a[j + 1]);
+      if (!compare(e.ops[j], l, rr, e.pos)) return v_bool(false);
+      l = std::move(rr);
+    }
+    return v_bool(true);
+  }
+
+  NOINLINE Value eval_logic(const Expr& e) {
+    Value l = eval(*e.a[0]);
+    if (truthy(l) == (e.k == EK::Or)) return l;  // `a or b` -> a if truthy; `a and b` -> a if falsy
+    return eval(*e.a[1]);
+  }
+
+  NOINLINE Value eval_not(const Expr& e) { return v_bool(!truthy(eval(*e.a[0]))); }
+
+  NOINLINE Value eval_cond(const Expr& e) {
+    if (truthy(eval(*e.a[0]))) return eval(*e.a[1]);
+    if (e.a[2]) return eval(*e.a[2]);
+    return v_undef("the inline if-expression evaluated to false and no else section was defined");
+  }
+
+  NOINLINE Value eval_list(const Expr& e) {
+    List l;
+    l.reserve(e.a.size());
+    for (auto& x : e.a) l.push_back(eval(*x));
+    return v_list(std::move(l));
+  }
+
+  NOINLINE Value eval_dict(const Expr& e) {
+    auto d = std::make_shared<Dict>();
+    for (size_t j = 0; j + 1 < e.a.size(); j += 2) {
+      Value k = eval(*e.a[j]);
+      if (k.t != VT::Str) fail(e.a[j]->pos, "dict keys must be strings");
+      d->set(k.s, eval(*e.a[j + 1]));
+    }
+    return v_dict(std::move(d));
   }
 
   Args eval_args(const Expr& e, size_t first) {
@@ -1907,7 +1966,7 @@ class Interp {
     return miss();
   }
 
-  Value eval_slice(const Expr& e) {
+  NOINLINE Value eval_slice(const Expr& e) {
     Value obj = eval(*e.a[0]);
     need(obj, e.pos);
     int64_t idx[3];
@@ -2123,7 +2182,7 @@ class Interp {
 
   // ---- calls ----
 
-  Value eval_call(const Expr& e) {
+  NOINLINE Value eval_call(const Expr& e) {
     const Expr& callee = *e.a[0];
     if (callee.k == EK::Attr) {
       Value obj = eval(*callee.a[0]);
@@ -2138,7 +2197,7 @@ class Interp {
     fail(e.pos, std::string("'") + type_name(f) + "' object is not callable");
   }
 
-  Value call_macro(const Stmt& m, const Args& a, size_t pos) {
+  NOINLINE Value call_macro(const Stmt& m, const Args& a, size_t pos) {
     if (macro_depth_ >= kMaxMacroDepth) fail(pos, "macro calls nested too deeply");
     if (a.pos.size() > m.params.size())
       fail(pos, "macro '" + m.text + "' takes " + std::to_string(m.params.size()) + " argument(s)");
@@ -2167,7 +2226,7 @@ class Interp {
     return v_str(std::move(out.text), std::move(out.prov));
   }
 
-  Value call_builtin(const std::string& name, const Args& a, size_t pos) {
+  NOINLINE Value call_builtin(const std::string& name, const Args& a, size_t pos) {
     if (name == "raise_exception") {
       auto p = bind(a, {"message"}, name, pos);
       fail(pos, "raise_exception: " + (p[0] ? to_str(*p[0]) : std::string()));
@@ -2213,7 +2272,7 @@ class Interp {
     fail(pos, "unknown function '" + name + "'");
   }
 
-  Value call_method(const Value& obj, const std::string& name, const Args& a, size_t pos) {
+  NOINLINE Value call_method(const Value& obj, const std::string& name, const Args& a, size_t pos) {
     need(obj, pos);
     const std::string what = std::string(type_name(obj)) + "." + name + "()";
     if (obj.t == VT::Str) return str_method(obj, name, a, what, pos);
@@ -2255,7 +2314,7 @@ class Interp {
   }
 
   // Python str methods.
-  Value str_method(const Value& s, const std::string& name, const Args& a, const std::string& what, size_t pos) {
+  NOINLINE Value str_method(const Value& s, const std::string& name, const Args& a, const std::string& what, size_t pos) {
     if (name == "strip" || name == "lstrip" || name == "rstrip") {
       auto p = bind(a, {"chars"}, what, pos);
       if (p[0] && p[0]->t != VT::None && p[0]->t != VT::Str)
@@ -2527,7 +2586,7 @@ class Interp {
     }
   }
 
-  Value apply_filter(const std::string& name, const Value& in, const Args& a, size_t pos) {
+  NOINLINE Value apply_filter(const std::string& name, const Value& in, const Args& a, size_t pos) {
     const std::string what = "filter '" + name + "'";
     if (name == "safe") return in;
     if (name == "trim") {
@@ -2833,7 +2892,7 @@ class Interp {
     fail(pos, "unknown filter '" + name + "'");
   }
 
-  bool apply_test(const std::string& name, const Value& v, const Args& a, size_t pos) {
+  NOINLINE bool apply_test(const std::string& name, const Value& v, const Args& a, size_t pos) {
     auto arg = [&]() -> const Value& {
       if (a.pos.size() != 1 || !a.kw.empty()) fail(pos, "test '" + name + "' takes exactly one argument");
       return a.pos[0];

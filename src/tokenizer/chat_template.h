@@ -33,7 +33,8 @@
 //
 // Every problem (syntax error, unsupported feature, undefined access, raise_exception, runaway
 // template) throws lowrank::Error("chat template: <what>, at line L col C"); malformed templates
-// never crash. Execution is bounded (nesting depth, steps, output size).
+// never crash. Execution is bounded (nesting depth, steps, output size); the worst-case
+// template needs < 512 KiB of stack, so rendering on any ordinary thread is safe.
 #pragma once
 #include <cstddef>
 #include <memory>
