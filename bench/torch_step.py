@@ -5,8 +5,9 @@ zero_grad + forward + backward (+ AdamW step), inference forward, and greedy dec
 simple KV cache. Prints one JSON line with the same field names as `lowrank bench --json`.
 
 Run with Debian's torch: /usr/bin/python3 bench/torch_step.py --shape gpt2-124m --mode lora
-Threads: --threads N sets torch.set_num_threads(N) and OpenBLAS's own pool (via ctypes),
-so both libraries use N threads (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS are set too).
+Threads: --threads N sets torch.set_num_threads(N) (intra-op OpenMP pool) and OpenBLAS's own
+pthread pool (via ctypes; --blas-threads overrides the latter). Debian's torch calls the
+system libblas.so.3 (OpenBLAS pthread), whose pool is separate from torch's OpenMP pool.
 """
 import argparse, ctypes, json, math, os, re, resource, sys, time
 
@@ -33,13 +34,16 @@ ap.add_argument('--r', type=int, default=8)
 ap.add_argument('--alpha', type=float, default=16)
 ap.add_argument('--lr', type=float, default=1e-4)
 ap.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', '2')))
+ap.add_argument('--blas-threads', type=int, default=0, help='OpenBLAS pool size (default: --threads)')
 ap.add_argument('--seed', type=int, default=0)
 ap.add_argument('--json', action='store_true')
 args = ap.parse_args()
+args.blas_threads = args.blas_threads or args.threads
+LOAD_START = open('/proc/loadavg').read().split()[0]
 
 # Thread pools before torch starts them: libgomp (torch ops) and OpenBLAS (its own pthreads).
 os.environ['OMP_NUM_THREADS'] = str(args.threads)
-os.environ['OPENBLAS_NUM_THREADS'] = str(args.threads)
+os.environ['OPENBLAS_NUM_THREADS'] = str(args.blas_threads)
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +62,7 @@ def blas_info():
         if 'openblas' in lib or 'libblas' in lib:
             try:
                 L = ctypes.CDLL(lib)
-                L.openblas_set_num_threads(args.threads)
+                L.openblas_set_num_threads(args.blas_threads)
                 info['openblas_threads'] = L.openblas_get_num_threads()
                 L.openblas_get_corename.restype = ctypes.c_char_p
                 info['openblas_core'] = L.openblas_get_corename().decode()
@@ -86,6 +90,19 @@ def cpu_model():
         if line.startswith('model name'):
             return line.split(':', 1)[1].strip()
     return 'unknown'
+
+def cpu_sample():
+    # (all CPUs busy seconds from /proc/stat, this process's CPU seconds, wall): their
+    # difference over the run is CPU time taken by other processes.
+    v = [float(x) for x in open('/proc/stat').readline().split()[1:11]]
+    hz = os.sysconf('SC_CLK_TCK')
+    total = sum(v) - v[8] - v[9]
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ((total - v[3] - v[4]) / hz, ru.ru_utime + ru.ru_stime, time.perf_counter())
+
+def foreign_frac(a, b):
+    wall = b[2] - a[2]
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (wall * os.cpu_count())) if wall > 0 else 0.0
 
 def med(v):
     v = sorted(v)
@@ -259,6 +276,7 @@ def main():
         m = Model(cfg, untie=untie, full=(args.mode == 'full'))
     build_s = time.perf_counter() - t0
     rss_model = status_kb('VmRSS')
+    cpu0 = cpu_sample()
     out = {'impl': 'pytorch', 'torch': torch.__version__, 'shape': args.shape, 'arch': cfg['model_type'],
            'mode': args.mode, 'batch': args.batch, 'seq': args.seq, 'threads': torch.get_num_threads(),
            'cpu': cpu_model(), 'params': m.num_parameters(), 'untied_lm_head': bool(untie), 'build_s': build_s,
@@ -318,6 +336,7 @@ def main():
         prompt = ids[:1]
         pre, dec = [], []
         toks = []
+        m.lora = {}  # decode on the base model, like lowrank bench
         with torch.no_grad():
             c = m.new_cache(1, 10)  # warm-up
             lg = m.forward(prompt[:, :8], c, last_only=True)
@@ -338,6 +357,10 @@ def main():
                    decode_tok_s=args.decode / med(dec), decode_ms_per_tok=med(dec) * 1e3 / args.decode,
                    decode_first_tokens=toks[:8])
     out['peak_rss_mb'] = status_kb('VmHWM') / 1024.0
+    out['foreign_cpu_frac'] = foreign_frac(cpu0, cpu_sample())
+    out['loadavg_start'] = float(LOAD_START)
+    out['loadavg_end'] = float(open('/proc/loadavg').read().split()[0])
+    out['glibc_tunables'] = os.environ.get('GLIBC_TUNABLES', '')
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     sys.stdout.flush()
 

@@ -8,7 +8,8 @@
 //   merged-latency  forward (and decode) latency: base, adapter unmerged, merged, unmerged again
 //   swap            remove_adapter + add_adapter of a loaded adapter (µs), adapter load time
 //   sizes           parameter counts, adapter file size vs model file size
-// --decode N adds a greedy KV-cache decode of N tokens after a T-token prompt (forward/lora/full).
+// --decode N adds a greedy KV-cache decode of N tokens after a T-token prompt (forward/lora/full;
+// always on the base model, no adapter applied).
 #include <omp.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -62,6 +64,41 @@ int64_t proc_status_kb(const char* field) {
   return ru.ru_maxrss;  // kB on Linux
 }
 double mib(int64_t kb) { return double(kb) / 1024.0; }
+
+// CPU seconds: all CPUs busy (from /proc/stat) and this process (all threads). Their
+// difference over a run is CPU time other processes took; as a fraction of wall × cores it
+// says how much the machine was shared during the measurement.
+struct CpuSample { double busy = 0, self = 0, wall = 0; };
+CpuSample cpu_sample() {
+  CpuSample c;
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  double v[10] = {0};
+  f >> cpu;
+  for (double& x : v) f >> x;
+  const double hz = double(sysconf(_SC_CLK_TCK));
+  double total = 0;
+  for (double x : v) total += x;
+  total -= v[8] + v[9];  // guest time is already counted in user/nice
+  c.busy = (total - v[3] - v[4]) / hz;
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  c.self = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  c.wall = now_s();
+  return c;
+}
+double foreign_frac(const CpuSample& a, const CpuSample& b) {
+  const double wall = b.wall - a.wall, ncpu = double(sysconf(_SC_NPROCESSORS_ONLN));
+  if (wall <= 0) return 0;
+  return std::max(0.0, ((b.busy - a.busy) - (b.self - a.self)) / (wall * ncpu));
+}
+
+double loadavg1() {
+  std::ifstream f("/proc/loadavg");
+  double x = -1;
+  f >> x;
+  return x;
+}
 
 int64_t file_size(const std::string& path) {
   struct stat st {};
@@ -197,6 +234,7 @@ void print_env_text(const Opts& o, const Model& m) {
 }
 
 void run_bench(Opts o) {
+  const double load_start = loadavg1();
   const double t_build0 = now_s();
   std::unique_ptr<Model> mp;
   bool untied = false;
@@ -214,6 +252,7 @@ void run_bench(Opts o) {
   Model& m = *mp;
   const double build_s = now_s() - t_build0;
   const int64_t rss_model_kb = proc_status_kb("VmRSS");
+  const CpuSample cpu0 = cpu_sample();  // after the build: the measured part
   const int64_t B = o.batch, T = o.seq, N = B * T;
   if (!o.json) print_env_text(o, m);
 
@@ -238,6 +277,11 @@ void run_bench(Opts o) {
 
   auto finish = [&] {
     out["peak_rss_mb"] = mib(proc_status_kb("VmHWM"));
+    out["loadavg_start"] = load_start;
+    out["foreign_cpu_frac"] = foreign_frac(cpu0, cpu_sample());
+    out["loadavg_end"] = loadavg1();
+    const char* tun = std::getenv("GLIBC_TUNABLES");
+    out["glibc_tunables"] = tun ? tun : "";
     if (o.json) {
       std::printf("%s\n", out.dump().c_str());
     } else {
@@ -489,9 +533,11 @@ void run_bench(Opts o) {
     std::vector<int32_t> prompt(batch.ids.begin(), batch.ids.begin() + T);
     std::vector<double> pre, dec;
     std::vector<int32_t> toks;
-    run_decode(m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min<int64_t>(T, 8)), 2, uses);  // warm-up
+    // Decode runs on the base model (no adapter applied), like the PyTorch script.
+    const std::vector<AdapterUse> base;
+    run_decode(m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min<int64_t>(T, 8)), 2, base);  // warm-up
     for (int64_t i = 0; i < o.decode_reps; i++) {
-      DecodeResult d = run_decode(m, prompt, o.decode, uses);
+      DecodeResult d = run_decode(m, prompt, o.decode, base);
       pre.push_back(d.prefill_s);
       dec.push_back(d.decode_s);
       toks = d.tokens;
