@@ -10,6 +10,7 @@
 //   sizes           parameter counts, adapter file size vs model file size
 // --decode N adds a greedy KV-cache decode of N tokens after a T-token prompt (forward/lora/full;
 // always on the base model, no adapter applied).
+#include <cblas.h>
 #include <omp.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -21,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -265,6 +267,7 @@ void run_bench(Opts o) {
   out["seq"] = T;
   out["threads"] = omp_get_max_threads();
   out["cpu"] = cpu_model();
+  out["openblas_core"] = openblas_get_corename();  // the kernel set OpenBLAS picked (OPENBLAS_CORETYPE)
   out["params"] = m.num_parameters();
   out["untied_lm_head"] = untied;
   out["build_s"] = build_s;
@@ -327,6 +330,7 @@ void run_bench(Opts o) {
       model_data = file_size(mpath);
     }
     out["model_to_adapter_size_x"] = double(model_data) / double(st + cj);
+    if (o.out_dir.empty()) std::filesystem::remove_all(dir);  // our own temporary directory
     finish();
     return;
   }
@@ -368,6 +372,7 @@ void run_bench(Opts o) {
     out["remove_adapter_us"] = median(ms(rm_s)) * 1e3;
     out["swap_us"] = median(ms(swap_s)) * 1e3;
     out["swap_us_min"] = min_of(ms(swap_s)) * 1e3;
+    if (o.out_dir.empty()) std::filesystem::remove_all(dir);  // our own temporary directory
     finish();
     return;
   }
