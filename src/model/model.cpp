@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "ops/ops.h"
+#include "ops/cpu/qmatmul.h"
 
 namespace lowrank {
 
@@ -122,7 +123,12 @@ void Model::linear_forward(Linear& L, const float* x, float* y, int64_t B, int64
                            const std::vector<std::vector<AdapterUse>>& row_adapters, bool training,
                            LinearSaved* saved) {
   const int64_t N = B * T;
-  ops::linear_forward(y, x, L.W, L.bias.n ? L.bias.ptr() : nullptr, N);
+  const float* bias = L.bias.n ? L.bias.ptr() : nullptr;
+  // Decode-sized inference on a quantized base runs the integer-dot kernels (activations
+  // quantized per block, as llama.cpp does); training and prefill keep the f32 tile path.
+  if (training || N > 16 || !dtype_is_quantized(L.W.dtype) ||
+      !ops::quant_linear_forward(y, x, L.W, bias, N))
+    ops::linear_forward(y, x, L.W, bias, N);
   if (saved) saved->uses.clear();
   if (L.lora.empty()) return;
   std::vector<float> h_tmp, xd_tmp;
