@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "ops/ops.h"
+#include "ops/cpu/ops_ext.h"
 #include "ops/cpu/qmatmul.h"
 
 namespace lowrank {
@@ -167,26 +168,33 @@ void Model::linear_forward(Linear& L, const float* x, float* y, int64_t B, int64
   }
 }
 
+bool Model::linear_trainable(const Linear& L, const LinearSaved& saved) const {
+  if (full_finetune && L.dW.n) return true;
+  for (const LoraSaved& ls : saved.uses)
+    if (ls.t->dA.n > 0) return true;
+  return false;
+}
+
 void Model::linear_backward(Linear& L, const float* x, const float* dy, float* dx, int64_t N,
-                            LinearSaved& saved) {
-  // Frozen path: dx += dy · W.
-  if (dx) ops::linear_backward_input(dx, dy, L.W, N);
+                            LinearSaved& saved, bool accumulate) {
+  // Frozen path: dx (+)= dy · W.
+  if (dx) ops::linear_backward_input_ex(dx, dy, L.W, N, accumulate);
   if (full_finetune && L.dW.n)
     ops::linear_backward_weight(L.dW.ptr(), L.dbias.n ? L.dbias.ptr() : nullptr, dy, x, N, L.in, L.out);
-  std::vector<float> g, gA;
+  std::vector<float>& g = bw_.g;
   for (LoraSaved& ls : saved.uses) {
     LoraTarget* t = ls.t;
+    const bool trainable = t->dA.n > 0;  // only the adapter being trained has gradients
+    if (!trainable && !dx) continue;
     const float* dyr = dy + ls.row0 * L.out;  // (rows, out)
     const float* xr = x + ls.row0 * L.in;     // (rows, in)
-    g.assign(size_t(ls.rows * t->r), 0.f);
+    g.resize(size_t(ls.rows * t->r));
     // g (rows, r) = s · dy · B
     ops::gemm(false, false, ls.rows, t->r, L.out, ls.s, dyr, t->B.ptr(), 0.f, g.data());
-    const bool trainable = t->dA.n > 0;  // only the adapter being trained has gradients
-    std::vector<float> xd;
     if (!ls.mask.empty()) {
-      xd.resize(ls.mask.size());
-      for (size_t i = 0; i < xd.size(); i++) xd[i] = xr[i] * ls.mask[i];
-      xr = xd.data();
+      bw_.xd.resize(ls.mask.size());
+      for (size_t i = 0; i < bw_.xd.size(); i++) bw_.xd[i] = xr[i] * ls.mask[i];
+      xr = bw_.xd.data();
     }
     if (trainable) {
       // dB (out, r) += s · dyᵀ · h ; dA (r, in) += gᵀ · x_d
@@ -199,7 +207,8 @@ void Model::linear_backward(Linear& L, const float* x, const float* dy, float* d
         // dx (rows, in) += g · A
         ops::gemm(false, false, ls.rows, L.in, t->r, 1.f, g.data(), t->A.ptr(), 1.f, dxr);
       } else {
-        gA.assign(size_t(ls.rows * L.in), 0.f);
+        std::vector<float>& gA = bw_.gA;
+        gA.resize(size_t(ls.rows * L.in));
         ops::gemm(false, false, ls.rows, L.in, t->r, 1.f, g.data(), t->A.ptr(), 0.f, gA.data());
         for (size_t i = 0; i < gA.size(); i++) dxr[i] += gA[i] * ls.mask[i];
       }
@@ -215,13 +224,13 @@ void Model::norm_forward(const Norm& n, float* out, float* mean, float* rstd, co
 }
 
 void Model::norm_backward(Norm& n, float* dx, const float* dout, const float* x, const float* mean,
-                          const float* rstd, int64_t N) {
+                          const float* rstd, int64_t N, bool accumulate) {
   float* dw = full_finetune && n.dw.n ? n.dw.ptr() : nullptr;
   if (cfg.arch == Arch::GPT2) {
     float* db = full_finetune && n.db.n ? n.db.ptr() : nullptr;
-    ops::layernorm_backward(dx, dw, db, dout, x, n.w.ptr(), mean, rstd, N, cfg.dim);
+    ops::layernorm_backward_ex(dx, dw, db, dout, x, n.w.ptr(), mean, rstd, N, cfg.dim, accumulate);
   } else {
-    ops::rmsnorm_backward(dx, dw, dout, x, n.w.ptr(), rstd, N, cfg.dim);
+    ops::rmsnorm_backward_ex(dx, dw, dout, x, n.w.ptr(), rstd, N, cfg.dim, accumulate);
   }
 }
 
@@ -254,7 +263,8 @@ double Model::forward(const Batch& batch, bool training) {
       for (int64_t i = 0; i < C; i++) r[i] += p[i];
     }
 
-  std::vector<float> tmp(size_t(N * C));  // (N, C) projection outputs
+  if (fwd_tmp_.size() != size_t(N * C)) fwd_tmp_.resize(size_t(N * C));
+  float* tmp = fwd_tmp_.data();  // (N, C) projection outputs
   for (int64_t l = 0; l < c.n_layer; l++) {
     Layer& L = layers[size_t(l)];
     LayerActs& a = acts_[size_t(l)];
@@ -263,31 +273,37 @@ double Model::forward(const Batch& batch, bool training) {
     ensure(a.ln1_mean, size_t(N));
     ensure(a.ln1_rstd, size_t(N));
     norm_forward(L.norm1, a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, N);
-    ensure(a.q, size_t(N * HD));
-    ensure(a.k, size_t(N * KD));
-    ensure(a.v, size_t(N * KD));
+    const float *qp, *kp, *vp;  // q (N, H*D) rows every qs; k, v (N, KVH*D) rows every ks
+    int64_t qs, ks;
     if (c.arch == Arch::GPT2) {
+      // q, k, v stay inside qkv (N, 3C) and are read with row stride 3C.
       ensure(a.qkv, size_t(N * 3 * C));
       linear_forward(L.qkv, a.ln1.data(), a.qkv.data(), B, T, batch.row_adapters, training, &a.s_qkv);
-      for (int64_t n = 0; n < N; n++) {
-        const float* row = a.qkv.data() + n * 3 * C;
-        std::memcpy(a.q.data() + n * C, row, size_t(C) * 4);
-        std::memcpy(a.k.data() + n * C, row + C, size_t(C) * 4);
-        std::memcpy(a.v.data() + n * C, row + 2 * C, size_t(C) * 4);
-      }
+      qp = a.qkv.data();
+      kp = qp + C;
+      vp = qp + 2 * C;
+      qs = ks = 3 * C;
     } else {
+      ensure(a.q, size_t(N * HD));
+      ensure(a.k, size_t(N * KD));
+      ensure(a.v, size_t(N * KD));
       linear_forward(L.q, a.ln1.data(), a.q.data(), B, T, batch.row_adapters, training, &a.s_q);
       linear_forward(L.k, a.ln1.data(), a.k.data(), B, T, batch.row_adapters, training, &a.s_k);
       linear_forward(L.v, a.ln1.data(), a.v.data(), B, T, batch.row_adapters, training, &a.s_v);
       ops::rope_forward(a.q.data(), pos_.data(), N, H, D, c.rope_theta, c.rope_half);
       ops::rope_forward(a.k.data(), pos_.data(), N, KVH, D, c.rope_theta, c.rope_half);
+      qp = a.q.data();
+      kp = a.k.data();
+      vp = a.v.data();
+      qs = HD;
+      ks = KD;
     }
     ensure(a.att, size_t(B * H * T * T));
     ensure(a.atty, size_t(N * HD));
-    ops::attention_forward(a.atty.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, KVH, D);
-    linear_forward(L.o, a.atty.data(), tmp.data(), B, T, batch.row_adapters, training, &a.s_o);
+    ops::attention_forward_ex(a.atty.data(), a.att.data(), qp, kp, vp, qs, ks, B, T, H, KVH, D);
+    linear_forward(L.o, a.atty.data(), tmp, B, T, batch.row_adapters, training, &a.s_o);
     ensure(a.resid_mid, size_t(N * C));
-    ops::residual_forward(a.resid_mid.data(), x, tmp.data(), N * C);
+    ops::residual_forward(a.resid_mid.data(), x, tmp, N * C);
     ensure(a.ln2, size_t(N * C));
     ensure(a.ln2_mean, size_t(N));
     ensure(a.ln2_rstd, size_t(N));
@@ -302,25 +318,41 @@ double Model::forward(const Batch& batch, bool training) {
       linear_forward(L.up, a.ln2.data(), a.up.data(), B, T, batch.row_adapters, training, &a.s_up);
       ops::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), N * F);
     }
-    linear_forward(L.down, a.act.data(), tmp.data(), B, T, batch.row_adapters, training, &a.s_down);
-    ops::residual_forward(resid_[size_t(l + 1)].data(), a.resid_mid.data(), tmp.data(), N * C);
+    linear_forward(L.down, a.act.data(), tmp, B, T, batch.row_adapters, training, &a.s_down);
+    ops::residual_forward(resid_[size_t(l + 1)].data(), a.resid_mid.data(), tmp, N * C);
   }
   ensure(lnf_, size_t(N * C));
   ensure(lnf_mean_, size_t(N));
   ensure(lnf_rstd_, size_t(N));
   norm_forward(norm_f, lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), resid_[size_t(c.n_layer)].data(), N);
-  if (logits_.size() != size_t(N * V)) logits_.assign(size_t(N * V), 0.f);
+  if (logits_.size() != size_t(N * V)) logits_.resize(size_t(N * V));  // fully overwritten
   linear_forward(lm_head, lnf_.data(), logits_.data(), B, T, batch.row_adapters, training, &s_head_);
   ensure(losses_, size_t(N));
   const int32_t* targets = batch.targets.empty() ? nullptr : batch.targets.data();
+  ce_stats_ = false;
   if (!targets) {
     std::fill(losses_.begin(), losses_.end(), 0.f);
     return 0.0;
   }
-  return ops::cross_entropy_forward(losses_.data(), logits_.data(), targets, N, V);
+  ce_max_.resize(size_t(N));
+  ce_sum_.resize(size_t(N));
+  const double total =
+      ops::cross_entropy_forward_stats(losses_.data(), ce_max_.data(), ce_sum_.data(), logits_.data(), targets, N, V);
+  ce_stats_ = true;
+  return total;
 }
 
 // ---- backward -----------------------------------------------------------------------
+
+namespace {
+
+// v.size() == n afterwards; contents unspecified (every user overwrites before reading).
+inline float* scratch(std::vector<float>& v, int64_t n) {
+  if (v.size() != size_t(n)) v.resize(size_t(n));
+  return v.data();
+}
+
+}  // namespace
 
 void Model::backward(float loss_scale) {
   if (!have_batch_) fail("backward called without a forward");
@@ -328,72 +360,109 @@ void Model::backward(float loss_scale) {
   const ModelConfig& c = cfg;
   const int64_t B = batch.B, T = batch.T, N = B * T, C = c.dim, V = c.vocab, F = c.ffn;
   const int64_t H = c.n_head, KVH = c.n_kv_head, D = c.head_dim, HD = H * D, KD = KVH * D;
-  std::vector<float> dloss(size_t(N), loss_scale);
-  // logits (N, V) become dlogits in place.
-  ops::cross_entropy_backward_inplace(logits_.data(), batch.targets.data(), dloss.data(), N, V);
-  std::vector<float> dlnf(size_t(N * C), 0.f);
-  linear_backward(lm_head, lnf_.data(), logits_.data(), dlnf.data(), N, s_head_);
-  std::vector<float> dresid(size_t(N * C), 0.f);  // (N, C) gradient of the residual stream
-  norm_backward(norm_f, dresid.data(), dlnf.data(), resid_[size_t(c.n_layer)].data(), lnf_mean_.data(),
-                lnf_rstd_.data(), N);
-  std::vector<float> dln(size_t(N * C));   // (N, C)
-  std::vector<float> dact(size_t(N * F));  // (N, F)
-  std::vector<float> dfc(size_t(N * F));   // (N, F)
-  std::vector<float> dup(size_t(N * F));   // (N, F)
-  std::vector<float> datty(size_t(N * HD));
-  std::vector<float> dq(size_t(N * HD)), dk(size_t(N * KD)), dv(size_t(N * KD));
-  std::vector<float> dqkv;
-  for (int64_t l = c.n_layer - 1; l >= 0; l--) {
+  const bool gpt2 = c.arch == Arch::GPT2;
+  const int64_t nl = c.n_layer;
+
+  // Which parameters get gradients, per layer: the attention inputs (q, k, v / qkv, norm1),
+  // o, the MLP inputs (fc, up, norm2) and down. below[l]: anything trainable under layer l
+  // (the embeddings count as under layer 0), i.e. layer l must pass a gradient to its input.
+  struct LayerNeeds { bool qkv, o, mlp_in, down; };
+  std::vector<LayerNeeds> tr(static_cast<size_t>(nl));
+  std::vector<char> below(size_t(nl + 1));
+  below[0] = full_finetune;
+  for (int64_t l = 0; l < nl; l++) {
     Layer& L = layers[size_t(l)];
     LayerActs& a = acts_[size_t(l)];
+    LayerNeeds& t = tr[size_t(l)];
+    const bool norms = full_finetune;
+    t.qkv = norms || (gpt2 ? linear_trainable(L.qkv, a.s_qkv)
+                           : linear_trainable(L.q, a.s_q) || linear_trainable(L.k, a.s_k) ||
+                                 linear_trainable(L.v, a.s_v));
+    t.o = linear_trainable(L.o, a.s_o);
+    t.mlp_in = norms || linear_trainable(L.fc, a.s_fc) || (!gpt2 && linear_trainable(L.up, a.s_up));
+    t.down = linear_trainable(L.down, a.s_down);
+    below[size_t(l + 1)] = below[size_t(l)] || t.qkv || t.o || t.mlp_in || t.down;
+  }
+
+  BackwardScratch& w = bw_;
+  float* dloss = scratch(w.dloss, N);
+  std::fill(dloss, dloss + N, loss_scale);
+  // logits (N, V) become dlogits in place.
+  if (ce_stats_)
+    ops::cross_entropy_backward_stats(logits_.data(), batch.targets.data(), dloss, ce_max_.data(),
+                                      ce_sum_.data(), N, V);
+  else
+    ops::cross_entropy_backward_inplace(logits_.data(), batch.targets.data(), dloss, N, V);
+  ce_stats_ = false;  // logits_ now holds dlogits
+  const bool need_layers = below[size_t(nl)];
+  float* dlnf = need_layers || full_finetune ? scratch(w.dlnf, N * C) : nullptr;
+  linear_backward(lm_head, lnf_.data(), logits_.data(), dlnf, N, s_head_, false);
+  if (!need_layers && !full_finetune) return;
+  // (N, C) gradient of the residual stream, overwritten by the final norm's backward.
+  float* dresid = scratch(w.dresid, N * C);
+  norm_backward(norm_f, dresid, dlnf, resid_[size_t(nl)].data(), lnf_mean_.data(), lnf_rstd_.data(), N, false);
+  float* dln = scratch(w.dln, N * C);
+  for (int64_t l = nl - 1; l >= 0; l--) {
+    Layer& L = layers[size_t(l)];
+    LayerActs& a = acts_[size_t(l)];
+    const LayerNeeds& t = tr[size_t(l)];
+    const bool in_grad = below[size_t(l)];                     // gradient to the layer input
+    const bool mid_grad = in_grad || t.qkv || t.o;             // gradient to resid_mid
+    const bool att_grad = in_grad || t.qkv;                    // gradient through attention
+    if (!mid_grad && !t.mlp_in && !t.down) break;              // nothing trainable from here down
     // MLP: resid_out = resid_mid + down(act(fc(ln2(resid_mid))))
-    std::fill(dact.begin(), dact.end(), 0.f);
-    linear_backward(L.down, a.act.data(), dresid.data(), dact.data(), N, a.s_down);
-    std::fill(dfc.begin(), dfc.end(), 0.f);
-    std::fill(dln.begin(), dln.end(), 0.f);
-    if (c.arch == Arch::GPT2) {
-      ops::gelu_backward(dfc.data(), dact.data(), a.fc.data(), N * F);
-    } else {
-      std::fill(dup.begin(), dup.end(), 0.f);
-      ops::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), N * F);
-      linear_backward(L.up, a.ln2.data(), dup.data(), dln.data(), N, a.s_up);
-    }
-    linear_backward(L.fc, a.ln2.data(), dfc.data(), dln.data(), N, a.s_fc);
-    norm_backward(L.norm2, dresid.data(), dln.data(), a.resid_mid.data(), a.ln2_mean.data(), a.ln2_rstd.data(), N);
-    // Attention: resid_mid = resid_in + o(attn(q, k, v))
-    std::fill(datty.begin(), datty.end(), 0.f);
-    linear_backward(L.o, a.atty.data(), dresid.data(), datty.data(), N, a.s_o);
-    std::fill(dq.begin(), dq.end(), 0.f);
-    std::fill(dk.begin(), dk.end(), 0.f);
-    std::fill(dv.begin(), dv.end(), 0.f);
-    ops::attention_backward(dq.data(), dk.data(), dv.data(), datty.data(), a.q.data(), a.k.data(), a.v.data(),
-                            a.att.data(), B, T, H, KVH, D);
-    std::fill(dln.begin(), dln.end(), 0.f);
-    if (c.arch == Arch::GPT2) {
-      dqkv.resize(size_t(N * 3 * C));
-      for (int64_t n = 0; n < N; n++) {
-        float* row = dqkv.data() + n * 3 * C;
-        std::memcpy(row, dq.data() + n * C, size_t(C) * 4);
-        std::memcpy(row + C, dk.data() + n * C, size_t(C) * 4);
-        std::memcpy(row + 2 * C, dv.data() + n * C, size_t(C) * 4);
+    const bool mlp_inner = mid_grad || t.mlp_in;
+    float* dact = mlp_inner ? scratch(w.dact, N * F) : nullptr;
+    linear_backward(L.down, a.act.data(), dresid, dact, N, a.s_down, false);
+    if (mlp_inner) {
+      float* dfc = scratch(w.dfc, N * F);
+      float* dln_mlp = mid_grad ? dln : nullptr;
+      if (gpt2) {
+        ops::gelu_backward_set(dfc, dact, a.fc.data(), N * F);
+        linear_backward(L.fc, a.ln2.data(), dfc, dln_mlp, N, a.s_fc, false);
+      } else {
+        float* dup = scratch(w.dup, N * F);
+        ops::swiglu_backward_set(dfc, dup, dact, a.fc.data(), a.up.data(), N * F);
+        linear_backward(L.up, a.ln2.data(), dup, dln_mlp, N, a.s_up, false);
+        linear_backward(L.fc, a.ln2.data(), dfc, dln_mlp, N, a.s_fc, true);
       }
-      linear_backward(L.qkv, a.ln1.data(), dqkv.data(), dln.data(), N, a.s_qkv);
-    } else {
-      ops::rope_backward(dq.data(), pos_.data(), N, H, D, c.rope_theta, c.rope_half);
-      ops::rope_backward(dk.data(), pos_.data(), N, KVH, D, c.rope_theta, c.rope_half);
-      linear_backward(L.q, a.ln1.data(), dq.data(), dln.data(), N, a.s_q);
-      linear_backward(L.k, a.ln1.data(), dk.data(), dln.data(), N, a.s_k);
-      linear_backward(L.v, a.ln1.data(), dv.data(), dln.data(), N, a.s_v);
+      if (mid_grad)
+        norm_backward(L.norm2, dresid, dln, a.resid_mid.data(), a.ln2_mean.data(), a.ln2_rstd.data(), N, true);
     }
-    norm_backward(L.norm1, dresid.data(), dln.data(), resid_[size_t(l)].data(), a.ln1_mean.data(),
-                  a.ln1_rstd.data(), N);
+    if (!mid_grad) break;  // only this layer's MLP was trainable and nothing below it
+    // Attention: resid_mid = resid_in + o(attn(q, k, v))
+    float* datty = att_grad ? scratch(w.datty, N * HD) : nullptr;
+    linear_backward(L.o, a.atty.data(), dresid, datty, N, a.s_o, false);
+    if (!att_grad) break;
+    float* dln_att = in_grad ? dln : nullptr;
+    if (gpt2) {
+      // dq, dk, dv are written straight into dqkv (N, 3C) with row stride 3C.
+      float* dqkv = scratch(w.dqkv, N * 3 * C);
+      const float* qkv = a.qkv.data();
+      ops::attention_backward_ex(dqkv, dqkv + C, dqkv + 2 * C, datty, qkv, qkv + C, qkv + 2 * C, a.att.data(),
+                                 3 * C, 3 * C, B, T, H, KVH, D, false);
+      linear_backward(L.qkv, a.ln1.data(), dqkv, dln_att, N, a.s_qkv, false);
+    } else {
+      float* dq = scratch(w.dq, N * HD);
+      float* dk = scratch(w.dk, N * KD);
+      float* dv = scratch(w.dv, N * KD);
+      ops::attention_backward_ex(dq, dk, dv, datty, a.q.data(), a.k.data(), a.v.data(), a.att.data(), HD, KD,
+                                 B, T, H, KVH, D, false);
+      ops::rope_backward(dq, pos_.data(), N, H, D, c.rope_theta, c.rope_half);
+      ops::rope_backward(dk, pos_.data(), N, KVH, D, c.rope_theta, c.rope_half);
+      linear_backward(L.q, a.ln1.data(), dq, dln_att, N, a.s_q, false);
+      linear_backward(L.k, a.ln1.data(), dk, dln_att, N, a.s_k, true);
+      linear_backward(L.v, a.ln1.data(), dv, dln_att, N, a.s_v, true);
+    }
+    if (!in_grad) break;
+    norm_backward(L.norm1, dresid, dln, resid_[size_t(l)].data(), a.ln1_mean.data(), a.ln1_rstd.data(), N, true);
   }
   if (full_finetune) {
-    ops::embedding_backward(dwte.ptr(), dresid.data(), batch.ids.data(), N, C);
-    if (c.arch == Arch::GPT2)
+    ops::embedding_backward(dwte.ptr(), dresid, batch.ids.data(), N, C);
+    if (gpt2)
       for (int64_t n = 0; n < N; n++) {
         float* d = dwpe.ptr() + pos_[size_t(n)] * C;
-        const float* g = dresid.data() + n * C;
+        const float* g = dresid + n * C;
         for (int64_t i = 0; i < C; i++) d[i] += g[i];
       }
   }
@@ -430,7 +499,12 @@ std::vector<float> Model::forward_cached(const std::vector<int32_t>& ids, KVCach
   for (int64_t t = 0; t < T; t++) pos[size_t(t)] = int32_t(start + t);
   std::vector<float> x(size_t(T * C)), ln(size_t(T * C)), tmp(size_t(T * C));
   std::vector<float> mean(static_cast<size_t>(T)), rstd(static_cast<size_t>(T));
-  std::vector<float> q(size_t(T * HD)), k(size_t(T * KD)), v(size_t(T * KD)), atty(size_t(T * HD));
+  std::vector<float> q, k, v, atty(size_t(T * HD));
+  if (c.arch != Arch::GPT2) {
+    q.resize(size_t(T * HD));
+    k.resize(size_t(T * KD));
+    v.resize(size_t(T * KD));
+  }
   std::vector<float> qkv, fc(size_t(T * F)), up, act(size_t(T * F));
   ops::embedding_forward(x.data(), ids.data(), wte, T);
   if (c.arch == Arch::GPT2)
@@ -439,27 +513,33 @@ std::vector<float> Model::forward_cached(const std::vector<int32_t>& ids, KVCach
   for (int64_t l = 0; l < c.n_layer; l++) {
     Layer& L = layers[size_t(l)];
     norm_forward(L.norm1, ln.data(), mean.data(), rstd.data(), x.data(), T);
+    float* kc = cache.k[size_t(l)].data();
+    float* vc = cache.v[size_t(l)].data();
+    const float* qp;  // (T, H*D) rows every qs
+    int64_t qs;
     if (c.arch == Arch::GPT2) {
+      // q stays inside qkv (row stride 3C); k and v rows go straight to the cache.
       qkv.resize(size_t(T * 3 * C));
       linear_forward(L.qkv, ln.data(), qkv.data(), 1, T, rows, false, nullptr);
       for (int64_t t = 0; t < T; t++) {
-        std::memcpy(q.data() + t * C, qkv.data() + t * 3 * C, size_t(C) * 4);
-        std::memcpy(k.data() + t * C, qkv.data() + t * 3 * C + C, size_t(C) * 4);
-        std::memcpy(v.data() + t * C, qkv.data() + t * 3 * C + 2 * C, size_t(C) * 4);
+        std::memcpy(kc + (start + t) * KD, qkv.data() + t * 3 * C + C, size_t(C) * 4);
+        std::memcpy(vc + (start + t) * KD, qkv.data() + t * 3 * C + 2 * C, size_t(C) * 4);
       }
+      qp = qkv.data();
+      qs = 3 * C;
     } else {
       linear_forward(L.q, ln.data(), q.data(), 1, T, rows, false, nullptr);
       linear_forward(L.k, ln.data(), k.data(), 1, T, rows, false, nullptr);
       linear_forward(L.v, ln.data(), v.data(), 1, T, rows, false, nullptr);
       ops::rope_forward(q.data(), pos.data(), T, H, D, c.rope_theta, c.rope_half);
       ops::rope_forward(k.data(), pos.data(), T, KVH, D, c.rope_theta, c.rope_half);
+      std::memcpy(kc + start * KD, k.data(), size_t(T * KD) * 4);
+      std::memcpy(vc + start * KD, v.data(), size_t(T * KD) * 4);
+      qp = q.data();
+      qs = HD;
     }
-    float* kc = cache.k[size_t(l)].data();
-    float* vc = cache.v[size_t(l)].data();
-    std::memcpy(kc + start * KD, k.data(), size_t(T * KD) * 4);
-    std::memcpy(vc + start * KD, v.data(), size_t(T * KD) * 4);
     for (int64_t t = 0; t < T; t++)
-      ops::attention_decode(atty.data() + t * HD, q.data() + t * HD, kc, vc, start + t + 1, H, KVH, D);
+      ops::attention_decode(atty.data() + t * HD, qp + t * qs, kc, vc, start + t + 1, H, KVH, D);
     linear_forward(L.o, atty.data(), tmp.data(), 1, T, rows, false, nullptr);
     for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
     norm_forward(L.norm2, ln.data(), mean.data(), rstd.data(), x.data(), T);

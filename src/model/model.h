@@ -125,8 +125,8 @@ class Model {
   struct LinearSaved { std::vector<LoraSaved> uses; };
   struct LayerActs {
     std::vector<float> ln1, ln1_mean, ln1_rstd;  // (N,C), (N), (N)
-    std::vector<float> qkv;                      // GPT-2 (N, 3C)
-    std::vector<float> q, k, v;                  // (N, H*D), (N, KVH*D) x2, after RoPE
+    std::vector<float> qkv;                      // GPT-2 (N, 3C): q, k, v read in place (strided)
+    std::vector<float> q, k, v;                  // llama (N, H*D), (N, KVH*D) x2, after RoPE
     std::vector<float> att;                      // (B, H, T, T)
     std::vector<float> atty;                     // (N, H*D)
     std::vector<float> resid_mid;                // (N, C)
@@ -137,11 +137,14 @@ class Model {
   void linear_forward(Linear& L, const float* x, float* y, int64_t B, int64_t T,
                       const std::vector<std::vector<AdapterUse>>& row_adapters, bool training,
                       LinearSaved* saved);
+  // dx: (N, in) input gradient, overwritten (accumulate = false) or added to; null = not needed.
   void linear_backward(Linear& L, const float* x, const float* dy, float* dx, int64_t N,
-                       LinearSaved& saved);
+                       LinearSaved& saved, bool accumulate);
+  // Whether a linear / its saved LoRA uses have parameters that receive gradients.
+  bool linear_trainable(const Linear& L, const LinearSaved& saved) const;
   void norm_forward(const Norm& n, float* out, float* mean, float* rstd, const float* x, int64_t N);
   void norm_backward(Norm& n, float* dx, const float* dout, const float* x, const float* mean,
-                     const float* rstd, int64_t N);
+                     const float* rstd, int64_t N, bool accumulate);
   void rebuild_lora_links();
 
   Batch batch_;                  // copy of the last forward's batch (for backward)
@@ -153,6 +156,19 @@ class Model {
   std::vector<float> losses_;                      // (N)
   LinearSaved s_head_;
   std::vector<int32_t> pos_;                        // (N)
+  // Softmax statistics of the last forward with targets (per row max and Σ exp(x - max)),
+  // so backward turns logits into dlogits in one pass.
+  std::vector<float> ce_max_;                       // (N)
+  std::vector<double> ce_sum_;                      // (N)
+  bool ce_stats_ = false;
+  // Scratch reused across steps (sized on first use; contents never carried over).
+  std::vector<float> fwd_tmp_;                      // (N, C) projection outputs
+  struct BackwardScratch {
+    std::vector<float> dloss, dlnf, dresid, dln;    // (N), (N,C) x3
+    std::vector<float> dact, dfc, dup;              // (N, F)
+    std::vector<float> datty, dq, dk, dv, dqkv;     // (N,H*D), (N,H*D), (N,KVH*D) x2, (N,3C)
+    std::vector<float> g, gA, xd;                   // LoRA: (rows, r), (rows, in), (rows, in)
+  } bw_;
 
 };
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
 namespace lowrank::ops {
@@ -60,6 +61,17 @@ void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   }
 }
 
+void gelu_backward_set(float* dx, const float* dout, const float* x, int64_t n) {
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float xi = x[i];
+    const float u = kGeluK * (xi + kGeluC * xi * xi * xi);
+    const float du = kGeluK * (1.0f + 3.0f * kGeluC * xi * xi);
+    const float s = sigmoid(2.0f * u);
+    dx[i] = dout[i] * (s + xi * s * (1.0f - s) * 2.0f * du);
+  }
+}
+
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
 #pragma omp parallel for simd if (parallel : n >= kParallelMin)
   for (int64_t i = 0; i < n; i++) {
@@ -77,6 +89,18 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
     const float silu = g * s;
     dgate[i] += dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
     dup[i] += dout[i] * silu;
+  }
+}
+
+void swiglu_backward_set(float* dgate, float* dup, const float* dout, const float* gate,
+                         const float* up, int64_t n) {
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    const float s = sigmoid(g);
+    const float silu = g * s;
+    dgate[i] = dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+    dup[i] = dout[i] * silu;
   }
 }
 

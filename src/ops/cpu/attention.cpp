@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
 namespace lowrank::ops {
@@ -86,11 +87,15 @@ void check_heads(int64_t H, int64_t KVH, const char* what) {
 
 }  // namespace
 
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                       int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+namespace {
+
+// full_zero: zero each probability row up to T (the documented ops::attention_forward layout);
+// otherwise only up to the end of the row's block, the part attention_backward reads.
+void attn_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t qs,
+                  int64_t ks, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, bool full_zero) {
   check_heads(H, KVH, "attention_forward");
   const int64_t G = H / KVH;
-  const int64_t qs = H * D, ks = KVH * D;  // token row strides of q/out and k/v
+  const int64_t os = H * D;  // token row stride of out
   const float scale = 1.0f / std::sqrt(float(D));
   const int64_t tasks = B * H;
   const bool par = omp_get_max_threads() > 1 && tasks > 1 && B * H * T * T * D >= kParallelWork;
@@ -101,7 +106,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
     const float* qb = q + b * T * qs + h * D;    // (T, D) row stride qs
     const float* kb = k + b * T * ks + kh * D;   // (T, D) row stride ks
     const float* vb = v + b * T * ks + kh * D;   // (T, D) row stride ks
-    float* ob = out + b * T * qs + h * D;        // (T, D) row stride qs
+    float* ob = out + b * T * os + h * D;        // (T, D) row stride os
     float* a = att + task * T * T;               // (T, T)
     for (int64_t r0 = 0; r0 < T; r0 += kBlk) {
       const int64_t r1 = std::min(T, r0 + kBlk), m = r1 - r0;
@@ -111,21 +116,39 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       for (int64_t t = r0; t < r1; t++) {
         float* row = a + t * T;  // (T)
         softmax_row(row, t + 1);
-        std::fill(row + t + 1, row + T, 0.0f);
+        std::fill(row + t + 1, row + (full_zero ? T : r1), 0.0f);
       }
       // out[r0:r1] = a[r0:r1, 0:r1] · v[0:r1]
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1, 1.0f, a + r0 * T, T, vb, ks,
-                  0.0f, ob + r0 * qs, qs);
+                  0.0f, ob + r0 * os, os);
     }
   }
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  attn_forward(out, att, q, k, v, H * D, KVH * D, B, T, H, KVH, D, true);
+}
+
+void attention_forward_ex(float* out, float* att, const float* q, const float* k, const float* v,
+                          int64_t qs, int64_t ks, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  attn_forward(out, att, q, k, v, qs, ks, B, T, H, KVH, D, false);
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t B, int64_t T,
                         int64_t H, int64_t KVH, int64_t D) {
+  attention_backward_ex(dq, dk, dv, dout, q, k, v, att, H * D, KVH * D, B, T, H, KVH, D, true);
+}
+
+void attention_backward_ex(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                           const float* k, const float* v, const float* att, int64_t qs, int64_t ks,
+                           int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, bool accumulate) {
   check_heads(H, KVH, "attention_backward");
   const int64_t G = H / KVH;
-  const int64_t qs = H * D, ks = KVH * D;
+  const int64_t os = H * D;  // token row stride of dout
   const float scale = 1.0f / std::sqrt(float(D));
   // One task per (batch, kv head): its query heads are processed in order, so the shared
   // dk/dv rows are written by one thread only.
@@ -139,21 +162,26 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     const float* vb = v + b * T * ks + kh * D;  // (T, D) row stride ks
     float* dkb = dk + b * T * ks + kh * D;      // (T, D) row stride ks
     float* dvb = dv + b * T * ks + kh * D;      // (T, D) row stride ks
+    if (!accumulate)
+      for (int64_t t = 0; t < T; t++) {
+        std::fill(dkb + t * ks, dkb + t * ks + D, 0.0f);
+        std::fill(dvb + t * ks, dvb + t * ks + D, 0.0f);
+      }
     float* ds = thread_scratch(size_t(std::min(T, kBlk) * T));  // (kBlk, T): dscores block
     for (int64_t h = kh * G; h < (kh + 1) * G; h++) {
       const float* qb = q + b * T * qs + h * D;      // (T, D) row stride qs
-      const float* gb = dout + b * T * qs + h * D;   // (T, D) row stride qs
+      const float* gb = dout + b * T * os + h * D;   // (T, D) row stride os
       float* dqb = dq + b * T * qs + h * D;          // (T, D) row stride qs
       const float* a = att + (b * H + h) * T * T;    // (T, T)
       for (int64_t r0 = 0; r0 < T; r0 += kBlk) {
         const int64_t r1 = std::min(T, r0 + kBlk), m = r1 - r0;
         const float* ab = a + r0 * T;  // (m, T) rows r0..r1 of the probabilities
         // ds[0:m, 0:r1] = dout[r0:r1] · v[0:r1]ᵀ  (gradient w.r.t. the probabilities)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, D, 1.0f, gb + r0 * qs, qs, vb,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, D, 1.0f, gb + r0 * os, os, vb,
                     ks, 0.0f, ds, T);
         // dv[0:r1] += a[r0:r1, 0:r1]ᵀ · dout[r0:r1]
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, D, m, 1.0f, ab, T, gb + r0 * qs,
-                    qs, 1.0f, dvb, ks);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, D, m, 1.0f, ab, T, gb + r0 * os,
+                    os, 1.0f, dvb, ks);
         // softmax backward: ds = a ⊙ (ds - Σ_j a·ds) * scale; zero beyond the diagonal
         for (int64_t i = 0; i < m; i++) {
           const int64_t t = r0 + i;
@@ -161,9 +189,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           softmax_backward_row(ab + i * T, dr, t + 1, scale);
           std::fill(dr + t + 1, dr + r1, 0.0f);
         }
-        // dq[r0:r1] += ds[0:m, 0:r1] · k[0:r1]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1, 1.0f, ds, T, kb, ks, 1.0f,
-                    dqb + r0 * qs, qs);
+        // dq[r0:r1] (+)= ds[0:m, 0:r1] · k[0:r1]  (each dq row block is produced here only)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1, 1.0f, ds, T, kb, ks,
+                    accumulate ? 1.0f : 0.0f, dqb + r0 * qs, qs);
         // dk[0:r1] += ds[0:m, 0:r1]ᵀ · q[r0:r1]
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, D, m, 1.0f, ds, T, qb + r0 * qs,
                     qs, 1.0f, dkb, ks);

@@ -19,6 +19,7 @@
 #endif
 
 #include "core/error.h"
+#include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
 namespace lowrank::ops {
@@ -324,17 +325,31 @@ void linear_forward(float* y, const float* x, const Matrix& W, const float* bias
 }
 
 void linear_backward_input(float* dx, const float* dy, const Matrix& W, int64_t N) {
+  linear_backward_input_ex(dx, dy, W, N, true);
+}
+
+void linear_backward_input_ex(float* dx, const float* dy, const Matrix& W, int64_t N, bool accumulate) {
   check_matrix(W, "linear_backward_input");
   const int64_t out = W.rows, in = W.cols;
-  if (N <= 0 || out <= 0 || in <= 0) return;
+  if (N <= 0 || in <= 0) return;
+  if (out <= 0) {
+    if (!accumulate) std::fill(dx, dx + N * in, 0.0f);
+    return;
+  }
 
   if (W.dtype == DType::F32) {
     const float* w = static_cast<const float*>(W.data);  // (out, in) or (in, out) when transposed
+    const float beta = accumulate ? 1.0f : 0.0f;
     if (!W.transposed)
-      gemm_par(false, false, N, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+      gemm_par(false, false, N, in, out, 1.0f, dy, out, w, in, beta, dx, in);
     else
-      gemm_par(false, true, N, in, out, 1.0f, dy, out, w, out, 1.0f, dx, in);
+      gemm_par(false, true, N, in, out, 1.0f, dy, out, w, out, beta, dx, in);
     return;
+  }
+  if (!accumulate) {  // the tiled paths below accumulate into dx
+    const int64_t total = N * in;
+#pragma omp parallel for if (total >= 65536)
+    for (int64_t i = 0; i < total; i++) dx[i] = 0.0f;
   }
 
   const bool row_path = N <= kRowPathMaxN && !W.transposed;

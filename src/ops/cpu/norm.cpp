@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
 namespace lowrank::ops {
@@ -56,6 +57,12 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* x, con
 
 void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                         const float* w, const float* mean, const float* rstd, int64_t N, int64_t C) {
+  layernorm_backward_ex(dx, dw, db, dout, x, w, mean, rstd, N, C, true);
+}
+
+void layernorm_backward_ex(float* dx, float* dw, float* db, const float* dout, const float* x,
+                           const float* w, const float* mean, const float* rstd, int64_t N, int64_t C,
+                           bool accumulate) {
   const int nthr = threads_for(N * C);
   std::vector<float> pdw(dw ? size_t(nthr) * size_t(C) : 0, 0.0f);  // (nthr, C)
   std::vector<float> pdb(db ? size_t(nthr) * size_t(C) : 0, 0.0f);  // (nthr, C)
@@ -80,10 +87,18 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
       }
       const float dn_mean = float(s1 / double(C));
       const float dnn_mean = float(s2 / double(C));
+      if (accumulate) {
 #pragma omp simd
-      for (int64_t i = 0; i < C; i++) {
-        const float norm = (xr[i] - m) * rs;
-        d[i] += (g[i] * w[i] - dn_mean - norm * dnn_mean) * rs;
+        for (int64_t i = 0; i < C; i++) {
+          const float norm = (xr[i] - m) * rs;
+          d[i] += (g[i] * w[i] - dn_mean - norm * dnn_mean) * rs;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < C; i++) {
+          const float norm = (xr[i] - m) * rs;
+          d[i] = (g[i] * w[i] - dn_mean - norm * dnn_mean) * rs;
+        }
       }
       if (ldw) {
 #pragma omp simd
@@ -117,6 +132,11 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, in
 
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t C) {
+  rmsnorm_backward_ex(dx, dw, dout, x, w, rstd, N, C, true);
+}
+
+void rmsnorm_backward_ex(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                         const float* rstd, int64_t N, int64_t C, bool accumulate) {
   const int nthr = threads_for(N * C);
   std::vector<float> pdw(dw ? size_t(nthr) * size_t(C) : 0, 0.0f);  // (nthr, C)
 #pragma omp parallel num_threads(nthr)
@@ -134,8 +154,13 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
       for (int64_t i = 0; i < C; i++) s += double(g[i] * w[i]) * double(xr[i]);
       // dx = rs * (g*w) - x * rs³ * mean(g*w*x)
       const float k = float(s / double(C)) * rs * rs * rs;
+      if (accumulate) {
 #pragma omp simd
-      for (int64_t i = 0; i < C; i++) d[i] += rs * g[i] * w[i] - xr[i] * k;
+        for (int64_t i = 0; i < C; i++) d[i] += rs * g[i] * w[i] - xr[i] * k;
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < C; i++) d[i] = rs * g[i] * w[i] - xr[i] * k;
+      }
       if (ldw) {
 #pragma omp simd
         for (int64_t i = 0; i < C; i++) ldw[i] += g[i] * (xr[i] * rs);
