@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kBq2) attn_dq_kernel(T* dq, const T* dout, con
 
 Dims make_dims(int64_t B, int64_t T, int64_t H, int64_t KVH, const char* what) {
   if (KVH <= 0 || H % KVH != 0) fail(what, ": ", H, " query heads are not a multiple of ", KVH, " kv heads");
-  if (B * H > 65535 * 1024) fail(what, ": too many (batch, head) pairs");
+  if (B * H > 65535) fail(what, ": ", B * H, " (batch, head) pairs exceed the grid's y limit 65535");
   return Dims{B, T, H, KVH, H / KVH};
 }
 

@@ -2,6 +2,7 @@
 // host/device conversions.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <mutex>
 #include <type_traits>
 #include <unordered_map>
@@ -127,19 +128,24 @@ void convert(TD* dst, const TS* src, int64_t n) {
   detail::check_launch("convert");
 }
 
+// Conversions are staged through f32 scratch (slot 3) in chunks of at most kStage elements,
+// so loading a large matrix does not briefly need an f32 copy of it on the device.
+constexpr int64_t kStage = int64_t(8) << 20;
+
 template <typename T>
 void upload(T* dst, const float* src, int64_t n) {
   if (n <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
     check(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyHostToDevice, g_stream), "upload");
-    check(cudaStreamSynchronize(g_stream), "upload (sync)");
   } else {
-    // Staged through f32 scratch, then cast on the device.
-    float* tmp = static_cast<float*>(scratch(3, size_t(n) * 4));
-    check(cudaMemcpyAsync(tmp, src, size_t(n) * 4, cudaMemcpyHostToDevice, g_stream), "upload");
-    convert<T, float>(dst, tmp, n);
-    check(cudaStreamSynchronize(g_stream), "upload (sync)");
+    float* tmp = static_cast<float*>(scratch(3, size_t(std::min(n, kStage)) * 4));
+    for (int64_t i = 0; i < n; i += kStage) {
+      const int64_t m = std::min(kStage, n - i);
+      check(cudaMemcpyAsync(tmp, src + i, size_t(m) * 4, cudaMemcpyHostToDevice, g_stream), "upload");
+      convert<T, float>(dst + i, tmp, m);
+    }
   }
+  check(cudaStreamSynchronize(g_stream), "upload (sync)");
 }
 
 template <typename T>
@@ -148,9 +154,12 @@ void download(float* dst, const T* src, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     check(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDeviceToHost, g_stream), "download");
   } else {
-    float* tmp = static_cast<float*>(scratch(3, size_t(n) * 4));
-    convert<float, T>(tmp, src, n);
-    check(cudaMemcpyAsync(dst, tmp, size_t(n) * 4, cudaMemcpyDeviceToHost, g_stream), "download");
+    float* tmp = static_cast<float*>(scratch(3, size_t(std::min(n, kStage)) * 4));
+    for (int64_t i = 0; i < n; i += kStage) {
+      const int64_t m = std::min(kStage, n - i);
+      convert<float, T>(tmp, src + i, m);
+      check(cudaMemcpyAsync(dst + i, tmp, size_t(m) * 4, cudaMemcpyDeviceToHost, g_stream), "download");
+    }
   }
   check(cudaStreamSynchronize(g_stream), "download (sync)");
 }
