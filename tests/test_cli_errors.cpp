@@ -568,4 +568,57 @@ TEST_F(CliErrors, TrainBadModelLeavesNoOutput) {
   EXPECT_FALSE(exists(out));
 }
 
+// ------------------------------------------------------------------ checked before training
+
+TEST_F(CliErrors, TrainGgufOutNeedsGgufModel) {
+  NEED_FIXTURES();
+  std::string out = dir_ + "/trained";
+  CliRun r = run_cli(dir_, "train --no-progress --steps 1 --model " + q(llama_dir() + "/model") + " --data " +
+                            q(good_data()) + " --out " + q(out) + " --gguf-out " + q(dir_ + "/a.gguf"));
+  expect_clean_error(r, {"--gguf-out"});
+  EXPECT_FALSE(exists(out));
+  EXPECT_FALSE(exists(dir_ + "/a.gguf"));
+}
+
+TEST_F(CliErrors, TrainOutIsAFileOrHasNoParent) {
+  NEED_FIXTURES();
+  std::string file = dir_ + "/plain-file";
+  write_file(file, "x");
+  CliRun r = run_cli(dir_, "train --no-progress --steps 1 --model " + q(llama_dir() + "/model") + " --data " +
+                            q(good_data()) + " --out " + q(file));
+  expect_clean_error(r, {"plain-file"});
+  std::string orphan = dir_ + "/no-such-parent/out";
+  CliRun r2 = run_cli(dir_, "train --no-progress --steps 1 --model " + q(llama_dir() + "/model") + " --data " +
+                             q(good_data()) + " --out " + q(orphan));
+  expect_clean_error(r2, {"no-such-parent"});
+}
+
+TEST_F(CliErrors, TrainPissaRefusesCheckpoints) {
+  NEED_FIXTURES();
+  std::string out = dir_ + "/trained";
+  CliRun r = run_cli(dir_, "train --no-progress --steps 2 --init pissa --save-every 1 --model " +
+                            q(llama_dir() + "/model") + " --data " + q(good_data()) + " --out " + q(out));
+  expect_clean_error(r, {"pissa"});
+  EXPECT_FALSE(exists(out));
+}
+
+TEST_F(CliErrors, MergeHfModelIntoGgufFileIsRefused) {
+  NEED_FIXTURES();
+  std::string out = dir_ + "/merged.gguf";
+  CliRun r = run_cli(dir_, "merge --model " + q(llama_dir() + "/model") + " --adapter " +
+                            q(llama_dir() + "/adapters/qv-r4") + " --out " + q(out));
+  expect_clean_error(r, {"merged.gguf"});
+  EXPECT_FALSE(exists(out));
+}
+
+TEST_F(CliErrors, ChatTemplateOfWrongType) {
+  NEED_FIXTURES();
+  std::string m = copy_model();
+  json cfg = json::parse(read_file(m + "/tokenizer_config.json"));
+  cfg["chat_template"] = 42;
+  write_file(m + "/tokenizer_config.json", cfg.dump());
+  CliRun r = run_cli(dir_, "eval --model " + q(m) + " --data " + q(good_data()));
+  expect_clean_error(r, {"tokenizer_config.json"});
+}
+
 }  // namespace

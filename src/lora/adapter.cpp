@@ -33,6 +33,37 @@ void Adapter::zero_grads() {
   }
 }
 
+Adapter pissa_to_lora(const Adapter& a) {
+  Adapter out = a;
+  if (a.pissa_initial.empty()) return out;
+  out.pissa_initial.clear();
+  const double alpha_mult = a.config.use_rslora ? std::sqrt(2.0) : 2.0;
+  out.config.r = a.config.r * 2;
+  out.config.lora_alpha = a.config.lora_alpha * alpha_mult;
+  for (auto& [k, v] : out.config.rank_pattern) v *= 2;
+  for (auto& [k, v] : out.config.alpha_pattern) v *= alpha_mult;
+  out.config.init_lora_weights = "true";
+  for (auto& [module, t] : out.targets) {
+    const LoraTarget& src = a.targets.at(module);
+    const auto& [A0, B0] = a.pissa_initial.at(module);
+    const int64_t r = src.r, r2 = 2 * r;
+    t.r = r2;
+    t.alpha = float(double(src.alpha) * alpha_mult);
+    t.A = FloatBuffer::zeros({r2, src.in});
+    t.B = FloatBuffer::zeros({src.out, r2});
+    t.dA = FloatBuffer();
+    t.dB = FloatBuffer();
+    std::memcpy(t.A.ptr(), src.A.ptr(), size_t(src.A.n) * 4);
+    std::memcpy(t.A.ptr() + src.A.n, A0.ptr(), size_t(A0.n) * 4);
+    for (int64_t o = 0; o < src.out; o++)
+      for (int64_t k = 0; k < r; k++) {
+        t.B.ptr()[o * r2 + k] = src.B.ptr()[o * r + k];
+        t.B.ptr()[o * r2 + r + k] = -B0.ptr()[o * r + k];
+      }
+  }
+  return out;
+}
+
 static const std::string kPrefix = "base_model.model.";
 
 std::shared_ptr<Adapter> load_peft_adapter(const std::string& dir) {

@@ -27,9 +27,17 @@ struct Adapter {
   std::string name;
   LoraConfig config;
   std::map<std::string, LoraTarget> targets;  // by module path
+  // PiSSA: the initial A (r, in) and B (out, r) per module; the base was replaced by its
+  // residual W0 - s·B·A, so saving converts to a plain LoRA adapter of rank 2r.
+  std::map<std::string, std::pair<FloatBuffer, FloatBuffer>> pissa_initial;
   int64_t num_parameters() const;
   void alloc_grads();
   void zero_grads();
 };
+
+// A plain LoRA adapter equivalent (against the original base) to a trained PiSSA adapter:
+// A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r), r and α doubled (α·√2 with rsLoRA) so the
+// scale is unchanged. Returns a copy of `a` when it is not a PiSSA adapter.
+Adapter pissa_to_lora(const Adapter& a);
 
 }  // namespace lowrank

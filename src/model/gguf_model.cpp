@@ -178,7 +178,8 @@ Tokenizer gguf_tokenizer(const std::string& path) {
   return Tokenizer::from_sentencepiece_vocab(
       tokens, scores, types, int32_t(f.get_int("tokenizer.ggml.bos_token_id", -1)),
       int32_t(f.get_int("tokenizer.ggml.eos_token_id", -1)), int32_t(f.get_int("tokenizer.ggml.unknown_token_id", -1)),
-      f.get_bool("tokenizer.ggml.add_bos_token", true), f.get_bool("tokenizer.ggml.add_eos_token", false));
+      f.get_bool("tokenizer.ggml.add_bos_token", true), f.get_bool("tokenizer.ggml.add_eos_token", false))
+      .with_chat_template(f.get_string("tokenizer.chat_template", ""));
 }
 
 std::string gguf_chat_template(const std::string& path) {

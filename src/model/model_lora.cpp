@@ -7,7 +7,39 @@
 #include "model/model.h"
 #include "ops/ops.h"
 
+extern "C" void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* lda, float* s, float* u,
+                        const int* ldu, float* vt, const int* ldvt, float* work, const int* lwork, int* iwork, int* info);
+
 namespace lowrank {
+
+void make_owned(Linear& L);
+
+// PiSSA init of one target: W (out, in) = Ũ S Ṽᵀ; A = sqrt(S_r/s)·Ṽ_rᵀ, B = Ũ_r·sqrt(S_r/s);
+// the base becomes the residual W - s·B·A.
+static void pissa_init(Linear& L, LoraTarget& t) {
+  make_owned(L);
+  const int m = int(L.in), n = int(L.out), k = std::min(m, n);
+  if (t.r > k) fail("pissa: rank ", t.r, " exceeds min(out, in) = ", k, " for ", L.module);
+  // Row-major W (out, in) is column-major Wᵀ (in, out): Wᵀ = U S VT, so W = VTᵀ S Uᵀ.
+  std::vector<float> a(L.W_owned.ptr(), L.W_owned.ptr() + L.W_owned.n), s(static_cast<size_t>(k)), u(size_t(m) * size_t(k)),
+      vt(size_t(k) * size_t(n));
+  std::vector<int> iwork(size_t(8 * k));
+  int lwork = -1, info = 0;
+  float wq = 0;
+  const char jobz = 'S';
+  sgesdd_(&jobz, &m, &n, a.data(), &m, s.data(), u.data(), &m, vt.data(), &k, &wq, &lwork, iwork.data(), &info);
+  lwork = int(wq) + 1;
+  std::vector<float> work(static_cast<size_t>(lwork));
+  sgesdd_(&jobz, &m, &n, a.data(), &m, s.data(), u.data(), &m, vt.data(), &k, work.data(), &lwork, iwork.data(), &info);
+  if (info != 0) fail("pissa: SVD of ", L.module, " failed (info ", info, ")");
+  for (int64_t i = 0; i < t.r; i++) {
+    const float sq = std::sqrt(s[size_t(i)] / t.scale);
+    for (int64_t j = 0; j < L.in; j++) t.A.ptr()[i * L.in + j] = sq * u[size_t(j + i * m)];
+    for (int64_t o = 0; o < L.out; o++) t.B.ptr()[o * t.r + i] = sq * vt[size_t(i + o * k)];
+  }
+  // W_res (out, in) = W - s · B · A
+  ops::gemm(false, false, L.out, L.in, t.r, -t.scale, t.B.ptr(), t.A.ptr(), 1.f, L.W_owned.ptr());
+}
 
 std::shared_ptr<Adapter> Model::create_adapter(const LoraConfig& lc, uint64_t seed) {
   auto a = std::make_shared<Adapter>();
@@ -40,8 +72,12 @@ std::shared_ptr<Adapter> Model::create_adapter(const LoraConfig& lc, uint64_t se
       for (int64_t i = 0; i < t.A.n; i++) t.A.ptr()[i] = u(rng);
       std::normal_distribution<float> g(0.f, 1.f);
       for (int64_t i = 0; i < t.B.n; i++) t.B.ptr()[i] = g(rng);
-    } else if (init == "pissa") {
-      fail("init_lora_weights \"pissa\" needs the base weights: use init_pissa()");
+    } else if (init.rfind("pissa", 0) == 0) {  // "pissa" and "pissa_niter_K": exact SVD
+      pissa_init(*L, t);
+      FloatBuffer A0 = FloatBuffer::zeros(t.A.shape), B0 = FloatBuffer::zeros(t.B.shape);
+      std::memcpy(A0.ptr(), t.A.ptr(), size_t(t.A.n) * 4);
+      std::memcpy(B0.ptr(), t.B.ptr(), size_t(t.B.n) * 4);
+      a->pissa_initial[L->module] = {A0, B0};
     } else {
       fail("init_lora_weights \"", init, "\" is not supported (true, false, gaussian, pissa)");
     }
@@ -52,7 +88,7 @@ std::shared_ptr<Adapter> Model::create_adapter(const LoraConfig& lc, uint64_t se
 }
 
 // Makes W an owned, writable f32 (out, in) matrix (copying from mmap/quantized storage).
-static void make_owned(Linear& L) {
+void make_owned(Linear& L) {
   if (L.W_owned.n) return;
   L.W_owned = FloatBuffer::zeros({L.out, L.in});
   L.W.rows_f32(0, L.out, L.W_owned.ptr());

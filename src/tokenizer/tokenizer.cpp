@@ -656,6 +656,9 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
           if (e.is_object() && e.contains("name") && e["name"] == "default" && e.contains("template") &&
               e["template"].is_string())
             im->chat_template = e["template"].get<std::string>();
+      } else if (!ct->is_null()) {
+        fail(cfg_source, ": chat_template must be a string or a list of {\"name\", \"template\"} objects, not ",
+             ct->type_name());
       }
     }
     split_special = C.opt_bool(cfg, "split_special_tokens", "tokenizer_config", false);
@@ -1065,9 +1068,14 @@ bool Tokenizer::is_special(int32_t id) const {
 int32_t Tokenizer::bos_id() const { return impl_->bos; }
 int32_t Tokenizer::eos_id() const { return impl_->eos; }
 int32_t Tokenizer::pad_id() const { return impl_->pad; }
-const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
+const std::string& Tokenizer::chat_template() const { return chat_template_ ? *chat_template_ : impl_->chat_template; }
 const std::string& Tokenizer::bos_token() const { return impl_->bos_token; }
 const std::string& Tokenizer::eos_token() const { return impl_->eos_token; }
+Tokenizer Tokenizer::with_chat_template(std::string tmpl) const {
+  Tokenizer t(*this);
+  t.chat_template_ = std::make_shared<const std::string>(std::move(tmpl));
+  return t;
+}
 const std::string& Tokenizer::pad_token() const { return impl_->pad_token; }
 
 }  // namespace lowrank

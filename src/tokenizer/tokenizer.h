@@ -55,6 +55,8 @@ class Tokenizer {
   int32_t eos_id() const;
   int32_t pad_id() const;
   const std::string& chat_template() const;  // "" if none
+  // A copy using `tmpl` as its chat template (GGUF keeps the template beside the vocabulary).
+  Tokenizer with_chat_template(std::string tmpl) const;
   const std::string& bos_token() const;      // "" if none
   const std::string& eos_token() const;
   const std::string& pad_token() const;
@@ -62,6 +64,7 @@ class Tokenizer {
  private:
   explicit Tokenizer(std::shared_ptr<const tok::Impl> impl);
   std::shared_ptr<const tok::Impl> impl_;
+  std::shared_ptr<const std::string> chat_template_;  // set by with_chat_template
 };
 
 }  // namespace lowrank

@@ -75,9 +75,7 @@ void add_generate(CLI::App& app) {
     Loaded l = load_all(o->model, o->adapters);
     std::vector<int32_t> prompt_ids;
     if (o->chat) {
-      std::string tmpl = l.tok.chat_template();
-      if (tmpl.empty() && o->model.size() > 5 && o->model.substr(o->model.size() - 5) == ".gguf")
-        tmpl = gguf_chat_template(o->model);
+      const std::string& tmpl = l.tok.chat_template();
       if (tmpl.empty()) fail(o->model, ": --chat needs a chat template and the model has none");
       std::vector<ChatMessage> msgs;
       if (!o->system.empty()) msgs.push_back({"system", o->system});

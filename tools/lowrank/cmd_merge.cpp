@@ -28,6 +28,8 @@ void add_merge(CLI::App& app) {
       if (!is_gguf_path(o->out)) fail("--out must be a .gguf file when --model is a GGUF model");
       write_gguf_merged(o->model, o->out, terms);
     } else {
+      if (is_gguf_path(o->out))
+        fail("--out ", o->out, ": a merged GGUF needs a GGUF --model; a Hugging Face model merges into a directory");
       write_hf_model(o->model, o->out, terms, nullptr);
     }
     std::fprintf(stderr, "wrote merged model to %s\n", o->out.c_str());

@@ -1,4 +1,8 @@
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cmath>
 #include <cstdio>
@@ -11,6 +15,25 @@
 #include "train/trainer.h"
 
 namespace lowrank::cli {
+
+// Checks, before any work, that `dir` can be the output: an existing writable directory, or
+// a new one whose parent is a writable directory. Nothing is created here, so a run that
+// fails on its inputs leaves nothing behind.
+static void check_output_dir(const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) fail(dir, ": --out exists and is not a directory");
+    if (::access(dir.c_str(), W_OK) != 0) fail(dir, ": --out directory is not writable");
+    return;
+  }
+  std::string parent = dir;
+  while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
+  size_t slash = parent.rfind('/');
+  parent = slash == std::string::npos ? "." : slash == 0 ? "/" : parent.substr(0, slash);
+  if (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    fail(dir, ": the parent directory of --out (", parent, ") does not exist");
+  if (::access(parent.c_str(), W_OK) != 0) fail(dir, ": cannot create --out: ", parent, " is not writable");
+}
 
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a LoRA adapter (or all weights with --full); writes a PEFT dir");
@@ -33,7 +56,7 @@ void add_train(CLI::App& app) {
   cmd->add_option("--targets", o->targets, "target_modules: comma list of names, \"all-linear\", or re:<regex>");
   cmd->add_option("--layers", o->layers, "layers_to_transform")->delimiter(',');
   cmd->add_flag("--rslora", o->rslora, "rsLoRA scaling α/√r");
-  cmd->add_option("--init", o->init, "init_lora_weights: true | gaussian | false");
+  cmd->add_option("--init", o->init, "init_lora_weights: true | gaussian | false | pissa");
   cmd->add_flag("--full", o->full, "Train all weights instead of an adapter (comparison baseline)");
   cmd->add_option("--steps", o->t.steps, "Optimizer steps (0 = use --epochs)");
   cmd->add_option("--epochs", o->t.epochs, "Epochs when --steps is 0");
@@ -55,8 +78,26 @@ void add_train(CLI::App& app) {
   cmd->add_option("--gguf-out", o->gguf_out, "Also write a GGUF LoRA adapter (GGUF base models)");
   cmd->add_flag("--no-progress", o->no_progress, "No progress bar");
   cmd->callback([o] {
+    // Everything that can be checked before the (long) training run is checked first.
+    const bool gguf_model = o->model.size() > 5 && o->model.compare(o->model.size() - 5, 5, ".gguf") == 0;
+    if (!o->gguf_out.empty() && !gguf_model)
+      fail("--gguf-out needs a GGUF base model (--model X.gguf); for a Hugging Face model use the PEFT dir at --out");
+    if (!o->gguf_out.empty() && o->full) fail("--gguf-out writes a LoRA adapter and cannot be combined with --full");
+    if (o->full && gguf_model) fail("--full training of a GGUF model is not supported (its weights are quantized)");
+    const bool pissa = !o->full && o->adapter.empty() && o->t.resume.empty() && o->init.rfind("pissa", 0) == 0;
+    if (pissa && o->t.save_every > 0)
+      fail("--init pissa cannot be combined with --save-every: PiSSA changes the base weights, so checkpoints "
+           "are not resumable; train without checkpoints");
+    check_output_dir(o->out);
+
     Loaded l = load_all(o->model, {});
     Model& m = *l.model;
+    std::vector<Example> data = load_jsonl(o->data, l.tok, o->seq_len);
+    int32_t pad = l.tok.pad_id() >= 0 ? l.tok.pad_id() : (l.tok.eos_id() >= 0 ? l.tok.eos_id() : 0);
+    if (o->pack) data = pack_examples(data, o->seq_len, pad);
+    std::vector<Example> eval_data;
+    if (!o->eval_data.empty()) eval_data = load_jsonl(o->eval_data, l.tok, o->seq_len);
+
     TrainOptions t = o->t;
     t.out = o->out;
     t.progress = !o->no_progress;
@@ -97,19 +138,21 @@ void add_train(CLI::App& app) {
     } else {
       m.enable_full_finetune();
     }
-    std::vector<Example> data = load_jsonl(o->data, l.tok, o->seq_len);
-    int32_t pad = l.tok.pad_id() >= 0 ? l.tok.pad_id() : (l.tok.eos_id() >= 0 ? l.tok.eos_id() : 0);
-    if (o->pack) data = pack_examples(data, o->seq_len, pad);
-    std::vector<Example> eval_data;
-    if (!o->eval_data.empty()) eval_data = load_jsonl(o->eval_data, l.tok, o->seq_len);
-    ::mkdir(o->out.c_str(), 0755);
+    if (::mkdir(o->out.c_str(), 0755) != 0 && errno != EEXIST)
+      fail(o->out, ": cannot create the --out directory (", std::strerror(errno), ")");
     auto save = [&](const std::string& dir) {
       if (adapter) save_peft_adapter(*adapter, dir);
     };
     TrainResult res = train(m, data, eval_data, t, pad, save);
     if (adapter) {
-      save_peft_adapter(*adapter, o->out);
-      if (!o->gguf_out.empty()) export_gguf_adapter_cli(o->model, *adapter, o->gguf_out);
+      // A PiSSA adapter only makes sense on the residual base; what is written is the
+      // equivalent rank-2r LoRA adapter for the original base (as PEFT's conversion does).
+      const Adapter& out = adapter->pissa_initial.empty() ? *adapter : pissa_to_lora(*adapter);
+      if (!adapter->pissa_initial.empty())
+        std::fprintf(stderr, "pissa: writing the equivalent LoRA adapter of rank %lld for the original base\n",
+                     (long long)out.config.r);
+      save_peft_adapter(out, o->out);
+      if (!o->gguf_out.empty()) export_gguf_adapter_cli(o->model, out, o->gguf_out);
       std::fprintf(stderr, "wrote adapter to %s (loss %.4f -> %.4f)\n", o->out.c_str(), res.losses.front(), res.losses.back());
     } else {
       save_full_model_cli(m, o->model, o->out);
