@@ -9,7 +9,8 @@
 //   swap            remove_adapter + add_adapter of a loaded adapter (µs), adapter load time
 //   sizes           parameter counts, adapter file size vs model file size
 // --decode N adds a greedy KV-cache decode of N tokens after a T-token prompt (forward/lora/full;
-// always on the base model, no adapter applied).
+// always on the base model, no adapter applied); the prompt is random ids, or the first T ids of
+// --prompt-ids FILE (bench/llamacpp.sh gives both engines the same prompt that way).
 #include <cblas.h>
 #include <omp.h>
 #include <sys/resource.h>
@@ -125,7 +126,7 @@ std::vector<double> ms(const std::vector<double>& s) {
 }
 
 struct Opts {
-  std::string shape = "gpt2-124m", model, mode = "lora", targets, out_dir, init;
+  std::string shape = "gpt2-124m", model, mode = "lora", targets, out_dir, init, prompt_ids;
   int64_t batch = 1, seq = 256, steps = 5, warmup = 1, decode = 0, decode_reps = 1, r = 8, swaps = 2000;
   double alpha = 16, lr = 1e-4;
   uint64_t seed = 0;
@@ -227,6 +228,30 @@ DecodeResult run_decode(Model& m, const std::vector<int32_t>& prompt, int64_t n,
   r.prefill_s = t1 - t0;
   r.decode_s = t2 - t1;
   return r;
+}
+
+// --prompt-ids FILE: a JSON array of token ids, or an object with "ids" (`lowrank tokenize
+// --json`); the decode prompt is its first T ids.
+std::vector<int32_t> read_prompt_ids(const std::string& path, int64_t T, int64_t V) {
+  std::ifstream f(path);
+  if (!f) fail(path, ": cannot open");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const std::exception& e) {
+    fail(path, ": not JSON: ", e.what());
+  }
+  const json& a = j.is_object() && j.contains("ids") ? j["ids"] : j;
+  if (!a.is_array()) fail(path, ": expected a JSON array of token ids or an object with \"ids\"");
+  std::vector<int32_t> ids;
+  for (const json& x : a) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= V)
+      fail(path, ": token ids must be integers in [0, ", V, ")");
+    ids.push_back(x.get<int32_t>());
+  }
+  if (int64_t(ids.size()) < T) fail(path, ": ", ids.size(), " ids, fewer than --seq ", T);
+  ids.resize(size_t(T));
+  return ids;
 }
 
 void print_env_text(const Opts& o, const Model& m) {
@@ -536,6 +561,8 @@ void run_bench(Opts o) {
 
   if (o.decode > 0) {
     std::vector<int32_t> prompt(batch.ids.begin(), batch.ids.begin() + T);
+    if (!o.prompt_ids.empty()) prompt = read_prompt_ids(o.prompt_ids, T, m.cfg.vocab);
+    out["prompt"] = o.prompt_ids.empty() ? "random ids" : o.prompt_ids;
     std::vector<double> pre, dec;
     std::vector<int32_t> toks;
     // Decode runs on the base model (no adapter applied), like the PyTorch script.
@@ -553,6 +580,13 @@ void run_bench(Opts o) {
     out["decode_tok_s"] = double(o.decode) / median(dec);
     out["decode_ms_per_tok"] = median(ms(dec)) / double(o.decode);
     out["decode_first_tokens"] = std::vector<int32_t>(toks.begin(), toks.begin() + std::min<size_t>(8, toks.size()));
+    out["decode_ids"] = toks;
+    out["prefill_ms_all"] = ms(pre);
+    out["decode_tok_s_all"] = [&] {
+      std::vector<double> v;
+      for (double d : dec) v.push_back(double(o.decode) / d);
+      return v;
+    }();
   }
   finish();
 }
@@ -572,6 +606,9 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "Untimed warm-up steps");
   cmd->add_option("--decode", o->decode, "Greedy decode N tokens after a --seq prompt with the KV cache");
   cmd->add_option("--decode-reps", o->decode_reps, "Repeat the decode measurement (median)");
+  cmd->add_option("--prompt-ids", o->prompt_ids,
+                  "Decode prompt: the first --seq ids of this JSON file (an array of ids, or `lowrank tokenize "
+                  "--json` output) instead of random ids");
   cmd->add_option("--targets", o->targets, "LoRA target_modules (default c_attn for GPT-2, q_proj,v_proj for llama)");
   cmd->add_option("--r", o->r, "LoRA rank");
   cmd->add_option("--alpha", o->alpha, "lora_alpha");
