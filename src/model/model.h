@@ -105,6 +105,11 @@ class Model {
   std::vector<float> forward_cached(const std::vector<int32_t>& ids, KVCache& cache,
                                     const std::vector<AdapterUse>& adapters);
   KVCache new_cache(int64_t capacity) const;
+  // One decode step for S independent sequences (serving): ids (S) are the next token of
+  // each sequence, appended at position caches[s]->len of its own cache; rows (S) are each
+  // sequence's adapter list, so one batch mixes adapters. Returns logits (S, V).
+  std::vector<float> forward_decode_batch(const std::vector<int32_t>& ids, const std::vector<KVCache*>& caches,
+                                          const std::vector<std::vector<AdapterUse>>& rows);
 
   std::vector<Linear*> linears();           // all decoder linears + lm_head
   int64_t num_parameters() const;

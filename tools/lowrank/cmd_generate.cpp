@@ -7,46 +7,11 @@
 #include "common.h"
 #include "core/error.h"
 #include "model/gguf_model.h"
+#include "model/sampling.h"
 #include "tokenizer/chat_template.h"
 
 namespace lowrank::cli {
 
-namespace {
-
-struct SampleOpts {
-  float temperature = 0.f;
-  int top_k = 0;
-  float top_p = 1.f;
-};
-
-int32_t sample(const std::vector<float>& logits, const SampleOpts& o, std::mt19937_64& rng) {
-  if (o.temperature <= 0.f)
-    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  size_t k = o.top_k > 0 ? std::min<size_t>(size_t(o.top_k), idx.size()) : idx.size();
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
-  idx.resize(k);
-  std::vector<double> p(k);
-  double mx = logits[size_t(idx[0])], sum = 0;
-  for (size_t i = 0; i < k; i++) sum += p[i] = std::exp((logits[size_t(idx[i])] - mx) / o.temperature);
-  for (double& x : p) x /= sum;
-  if (o.top_p < 1.f) {
-    double c = 0;
-    size_t keep = k;
-    for (size_t i = 0; i < k; i++) {
-      c += p[i];
-      if (c >= o.top_p) { keep = i + 1; break; }
-    }
-    p.resize(keep);
-    idx.resize(keep);
-  }
-  std::discrete_distribution<size_t> d(p.begin(), p.end());
-  return idx[d(rng)];
-}
-
-}  // namespace
 
 void add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text with a KV cache (greedy or sampled), streaming to stdout");
@@ -54,7 +19,7 @@ void add_generate(CLI::App& app) {
     std::string model, prompt, system;
     std::vector<std::string> adapters;
     int max_tokens = 64;
-    SampleOpts s;
+    SampleOptions s;
     uint64_t seed = 0;
     bool json = false, chat = false, quiet = false;
   };
@@ -98,7 +63,7 @@ void add_generate(CLI::App& app) {
     std::string printed;
     std::vector<float> logits = m.forward_cached(prompt_ids, cache, l.uses);
     for (int i = 0; i < o->max_tokens; i++) {
-      int32_t next = sample(logits, o->s, rng);
+      int32_t next = sample_token(logits.data(), int64_t(logits.size()), o->s, rng);
       if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
       out.push_back(next);
       if (!o->quiet) {

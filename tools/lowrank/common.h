@@ -31,6 +31,7 @@ void add_train(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_export(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_serve(CLI::App& app);
 
 }  // namespace lowrank::cli
 

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   add_merge(app);
   add_export(app);
   add_bench(app);
+  add_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
