@@ -37,8 +37,13 @@
 #include <vector>
 
 #include "fixture_util.h"
+#include "lora/peft.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/dataset.h"
 
 using json = nlohmann::json;
+using namespace lowrank;
 namespace fs = std::filesystem;
 
 namespace {
@@ -383,6 +388,60 @@ TEST_F(LlamaCpp, AdapterAndMergedModel) {
   EXPECT_LE(std::fabs(r_ll / r_lr - 1), kPplTol) << "relative perplexity change: lowrank " << r_lr << ", llama.cpp " << r_ll;
   EXPECT_LE(std::fabs(rel(ll_merged.ppl, ll_ad.ppl)), kPplTol)
       << "merged " << ll_merged.ppl << " vs unmerged adapter " << ll_ad.ppl;
+}
+
+// `lowrank eval --top1` (no llama.cpp needed): on the tiny llama fixture with an adapter, each
+// record's "ids" are the data set's tokenization and "top1" the argmax of the logits of a
+// forward through the library at every position; the existing fields are still there.
+TEST(EvalTop1, IdsAndArgmaxOfTheLogits) {
+  const std::string model_dir = fixtures_dir() + "/tiny-llama/model";
+  const std::string adapter_dir = fixtures_dir() + "/tiny-llama/adapters/qv-r4";
+  if (!fs::exists(model_dir + "/model.safetensors") || !fs::exists(adapter_dir))
+    GTEST_SKIP() << "fixtures not found at " << fixtures_dir();
+  if (!fs::exists(cli())) GTEST_SKIP() << cli() << " not built";
+  const std::string dir = temp_dir("eval_top1");
+  const std::string data = dir + "/data.jsonl", log = dir + "/stderr.log";
+  write_jsonl(data, {"The quick brown fox jumps over the lazy dog.", "Hello world, hello again",
+                     "Once upon a time there was a tiny model that predicted the next token."});
+  std::string out;
+  ASSERT_TRUE(run(q(cli()) + " eval --model " + q(model_dir) + " --adapter " + q(adapter_dir + ":0.5") + " --data " +
+                      q(data) + " --top1 --json",
+                  log, out));
+  const json j = last_json(out);
+  ASSERT_TRUE(j.contains("nll") && j.contains("ppl") && j.contains("tokens"));
+
+  Tokenizer tok = Tokenizer::from_hf_dir(model_dir);
+  std::vector<Example> ex = load_jsonl(data, tok, 0);
+  std::unique_ptr<Model> m = load_model(model_dir);
+  const int slot = m->add_adapter(load_peft_adapter(adapter_dir));
+  ASSERT_EQ(j.at("records").size(), ex.size());
+  for (size_t i = 0; i < ex.size(); i++) {
+    const json& r = j["records"][i];
+    Batch b;
+    b.B = 1;
+    b.T = int64_t(ex[i].ids.size());
+    b.ids = ex[i].ids;
+    b.targets = ex[i].targets;
+    b.row_adapters = {{{slot, 0.5f}}};
+    const double sum = m->forward(b, false);
+    const int64_t V = m->cfg.vocab;
+    std::vector<int> want;
+    for (int64_t t = 0; t < b.T; t++) {
+      const float* row = m->logits().data() + t * V;
+      want.push_back(int(std::max_element(row, row + V) - row));
+    }
+    EXPECT_EQ(r.at("ids").get<std::vector<int32_t>>(), ex[i].ids) << "record " << i;
+    EXPECT_EQ(r.at("top1").get<std::vector<int>>(), want) << "record " << i;
+    EXPECT_EQ(r.at("tokens").get<int64_t>(), ex[i].scored());
+    EXPECT_NEAR(r.at("nll").get<double>(), sum / double(ex[i].scored()), 1e-6);
+  }
+  // Without --json the flag prints the lists too, and plain --per-record JSON has no lists.
+  ASSERT_TRUE(run(q(cli()) + " eval --model " + q(model_dir) + " --data " + q(data) + " --top1", log, out));
+  EXPECT_NE(out.find("top1 ["), std::string::npos) << out;
+  ASSERT_TRUE(run(q(cli()) + " eval --model " + q(model_dir) + " --data " + q(data) + " --per-record --json", log, out));
+  const json plain = last_json(out);
+  EXPECT_FALSE(plain.at("records").at(0).contains("top1"));
+  EXPECT_FALSE(plain.at("records").at(0).contains("ids"));
 }
 
 }  // namespace
