@@ -53,7 +53,7 @@ TEXT=$(node -e '
   echo "flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_vnni|avx512vbmi|avx_vnni)$' | tr '\n' ' ')"
   echo "kernel: $(uname -r)"
   echo "loadavg: $(cat /proc/loadavg)"
-  echo "lowrank: $LOWRANK (git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools 2>/dev/null || echo ', with uncommitted changes in src/ tools/'))"
+  echo "lowrank: $LOWRANK (built $(date -u -r "$LOWRANK" +%Y-%m-%dT%H:%M:%SZ); checkout at git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools 2>/dev/null || echo ', with uncommitted changes in src/ tools/'))"
   echo "OMP_NUM_THREADS=$THREADS OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-} GLIBC_TUNABLES=${GLIBC_TUNABLES:-}"
   echo "node $(node --version), node-llama-cpp $(node -p "require('$NLC/node_modules/node-llama-cpp/package.json').version") in $NLC"
   echo "llama.cpp build: $(node -p "JSON.stringify(require('$NLC/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/_nlcBuildMetadata.json').buildOptions?.llamaCpp ?? {})" 2>/dev/null || echo unknown)"
