@@ -89,50 +89,5 @@ for r in $(seq 1 "$REPEATS"); do
 done
 run_train
 
-python3 - "$RES" "$OUT/summary.md" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-lr = [r for r in rows if r.get("impl") == "lowrank" and r["bench"] == "infer"]
-ll = [r for r in rows if r.get("impl", "").startswith("llama.cpp")]
-tr = [r for r in rows if r["bench"] == "train"]
-med = lambda v: statistics.median(v) if v else float("nan")
-rng = lambda v: f"{min(v):.1f}–{max(v):.1f}" if v else ""
-def stat(rs, k):
-    v = [r[k] for r in rs]
-    return med(v), rng(v)
-lines = []
-p = lambda s="": lines.append(s)
-seq = lr[0]["seq"] if lr else "?"
-dec = lr[0].get("decode_tokens", "?") if lr else "?"
-p(f"| TinyLlama-1.1B IQ2_XXS, {lr[0]['threads'] if lr else '?'} threads | lowrank | llama.cpp (node-llama-cpp {ll[0]['node_llama_cpp'] if ll else '?'}) | lowrank / llama.cpp |")
-p("|---|---|---|---|")
-for name, k in ((f"prefill {seq} tok (tok/s)", "prefill_tok_s"), (f"decode {dec} tok (tok/s)", "decode_tok_s")):
-    a, ar = stat(lr, k)
-    b, br = stat(ll, k)
-    p(f"| {name} | {a:.1f} ({ar}) | {b:.1f} ({br}) | **{a / b:.2f}×** |")
-if tr:
-    t = tr[-1]
-    p(f"| LoRA training step, 1×{t['seq']} tok, r {t['r']} q_proj+v_proj (tok/s) | {t['tokens_per_s']:.1f} ({t['ms_per_step']:.0f} ms/step) | – | – |")
-p()
-p(f"runs: {len(lr)} lowrank, {len(ll)} llama.cpp (each the median of 3 repetitions); ranges are over runs.")
-for name, rs in (("lowrank", lr + tr), ("llama.cpp", ll)):
-    fc = [r["foreign_cpu_frac"] for r in rs if r.get("foreign_cpu_frac") is not None]
-    if fc:
-        p(f"{name} runs: other processes took {100 * min(fc):.0f}–{100 * max(fc):.0f} % of the machine's CPU time "
-          f"(foreign_cpu_frac).")
-if lr:
-    p(f"lowrank: openblas core {lr[0].get('openblas_core', '?')}.")
-if lr and ll:
-    a, b = lr[-1].get("decode_ids", []), ll[-1].get("decode_ids", [])
-    same = 0
-    while same < min(len(a), len(b)) and a[same] == b[same]:
-        same += 1
-    p(f"greedy continuations: the first {same} of {min(len(a), len(b))} generated ids are identical.")
-if ll and ll[-1].get("llama_perf"):
-    p("llama.cpp's own timings (all repetitions of the last run, warm-up included): " +
-      " / ".join(l.split(":", 1)[-1].strip() for l in ll[-1]["llama_perf"] if "eval time" in l))
-text = "\n".join(lines) + "\n"
-open(sys.argv[2], "w").write(text)
-print(text)
-PY
+python3 "$ROOT/bench/llamacpp_summary.py" "$RES" "$OUT/summary.md"
 echo "results: $OUT" >&2
