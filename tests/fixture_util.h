@@ -1,6 +1,10 @@
 // Helpers for tests that compare against the Hugging Face reference fixtures.
 #pragma once
 #include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -36,4 +40,18 @@ inline std::string temp_dir(const std::string& name) {
   std::system(("rm -rf '" + d + "'").c_str());
   ::mkdir(d.c_str(), 0755);
   return d;
+}
+
+// The TinyLlama 2-bit GGUF fetched by scripts/fetch-tinyllama, looked up in $LOWRANK_CACHE and
+// $HOME/.cache/lowrank; "" when absent (tests that need it skip).
+inline std::string tinyllama_path() {
+  const char* name = "tinyllama-1.1b-chat-v1.0.IQ2_XXS.gguf";
+  std::vector<std::string> dirs;
+  if (const char* c = std::getenv("LOWRANK_CACHE")) dirs.push_back(c);
+  if (const char* h = std::getenv("HOME")) dirs.push_back(std::string(h) + "/.cache/lowrank");
+  for (const std::string& d : dirs) {
+    std::string p = d + "/" + name;
+    if (std::ifstream(p).good()) return p;
+  }
+  return "";
 }

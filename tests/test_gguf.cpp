@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "io/dequant.h"
 #include "io/gguf.h"
+#include "fixture_util.h"
 #include "model/gguf_model.h"
 #include "model/model.h"
 
@@ -616,19 +617,6 @@ TEST(Gguf, FromMemoryCopiesInput) {
 
 // ---------------------------------------------------------------- real model (optional)
 
-namespace {
-std::string tinyllama_path() {
-  const char* name = "tinyllama-1.1b-chat-v1.0.IQ2_XXS.gguf";
-  std::vector<std::string> dirs;
-  if (const char* c = std::getenv("LOWRANK_CACHE")) dirs.push_back(c);
-  if (const char* h = std::getenv("HOME")) dirs.push_back(std::string(h) + "/.cache/lowrank");
-  for (const std::string& d : dirs) {
-    std::string p = d + "/" + name;
-    if (fs::exists(p)) return p;
-  }
-  return "";
-}
-}  // namespace
 
 TEST(GgufTinyLlama, OpenAndDequantize) {
   const std::string path = tinyllama_path();

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "fixture_util.h"
 #include "core/tensor.h"
 #include "io/dequant.h"
 #include "io/gguf.h"
@@ -269,19 +270,6 @@ TEST(QMatmul, UnhandledShapesAndTypes) {
 
 // ---------------------------------------------------------------- real model (optional)
 
-namespace {
-std::string tinyllama_path() {
-  const char* name = "tinyllama-1.1b-chat-v1.0.IQ2_XXS.gguf";
-  std::vector<std::string> dirs;
-  if (const char* c = std::getenv("LOWRANK_CACHE")) dirs.push_back(c);
-  if (const char* h = std::getenv("HOME")) dirs.push_back(std::string(h) + "/.cache/lowrank");
-  for (const std::string& d : dirs) {
-    std::string p = d + "/" + name;
-    if (fs::exists(p)) return p;
-  }
-  return "";
-}
-}  // namespace
 
 TEST(QMatmul, TinyLlamaRows) {
   const std::string path = tinyllama_path();
