@@ -538,8 +538,10 @@ std::vector<float> Model::forward_cached(const std::vector<int32_t>& ids, KVCach
       qp = q.data();
       qs = HD;
     }
-    for (int64_t t = 0; t < T; t++)
-      ops::attention_decode(atty.data() + t * HD, qp + t * qs, kc, vc, start + t + 1, H, KVH, D);
+    if (T == 1)
+      ops::attention_decode(atty.data(), qp, kc, vc, start + 1, H, KVH, D);
+    else
+      ops::attention_prefill(atty.data(), qp, qs, kc, vc, start, T, H, KVH, D);
     linear_forward(L.o, atty.data(), tmp.data(), 1, T, rows, false, nullptr);
     for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
     norm_forward(L.norm2, ln.data(), mean.data(), rstd.data(), x.data(), T);

@@ -200,6 +200,40 @@ void attention_backward_ex(float* dq, float* dk, float* dv, const float* dout, c
   }
 }
 
+void attention_prefill(float* out, const float* q, int64_t qs, const float* kcache, const float* vcache,
+                       int64_t start, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  check_heads(H, KVH, "attention_prefill");
+  if (T <= 0) return;
+  const int64_t G = H / KVH;
+  const int64_t ks = KVH * D, os = H * D;  // cache and out row strides
+  const float scale = 1.0f / std::sqrt(float(D));
+  const int64_t L = start + T;             // keys visible to the last query
+  const bool par = omp_get_max_threads() > 1 && H > 1 && H * T * L * D >= kParallelWork;
+  use_serial_blas();
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t h = 0; h < H; h++) {
+    const int64_t kh = h / G;
+    const float* qb = q + h * D;              // (T, D) row stride qs
+    const float* kb = kcache + kh * D;        // (L, D) row stride ks
+    const float* vb = vcache + kh * D;        // (L, D) row stride ks
+    float* ob = out + h * D;                  // (T, D) row stride os
+    float* s = thread_scratch(size_t(std::min(T, kBlk) * L));  // (m, L) scores of one block
+    for (int64_t r0 = 0; r0 < T; r0 += kBlk) {
+      const int64_t r1 = std::min(T, r0 + kBlk), m = r1 - r0, n = start + r1;  // keys [0, n)
+      // s[0:m, 0:n] = scale * q[r0:r1] · k[0:n]ᵀ ; query r (position start + r) sees keys [0, start + r]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, D, scale, qb + r0 * qs, qs, kb, ks, 0.0f, s, n);
+      for (int64_t i = 0; i < m; i++) {
+        float* row = s + i * n;
+        const int64_t len = start + r0 + i + 1;
+        softmax_row(row, len);
+        std::fill(row + len, row + n, 0.0f);
+      }
+      // out[r0:r1] = s[0:m, 0:n] · v[0:n]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, n, 1.0f, s, n, vb, ks, 0.0f, ob + r0 * os, os);
+    }
+  }
+}
+
 void attention_decode(float* out, const float* q, const float* kcache, const float* vcache,
                       int64_t T, int64_t H, int64_t KVH, int64_t D) {
   check_heads(H, KVH, "attention_decode");

@@ -35,6 +35,12 @@ void attention_backward_ex(float* dq, float* dk, float* dv, const float* dout, c
                            const float* k, const float* v, const float* att, int64_t qs, int64_t ks,
                            int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, bool accumulate);
 
+// Causal attention of T new queries at positions [start, start+T) against a KV cache whose rows
+// [0, start+T) are filled (k/v cache rows of KVH*D floats): q (T, H*D) with row stride qs,
+// out (T, H*D). Equal to attention_decode per query, in one blocked pass per head.
+void attention_prefill(float* out, const float* q, int64_t qs, const float* kcache, const float* vcache,
+                       int64_t start, int64_t T, int64_t H, int64_t KVH, int64_t D);
+
 // Cross-entropy forward that also stores, per row, the max logit and the sum of exp(x - max)
 // (one pass over each row: blockwise online max/sum). Returns Σ losses like
 // cross_entropy_forward. Rows with target < 0 get loss 0 (stats are still written).
