@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -101,9 +102,10 @@ std::string read_file(const std::string& p) {
 std::string tail(const std::string& s, size_t n = 3000) { return s.size() > n ? s.substr(s.size() - n) : s; }
 
 // Runs a shell command; stdout is returned, stderr goes to `log`. Fails the test (and returns
-// false) on a non-zero exit.
-bool run(const std::string& cmd, const std::string& log, std::string& out) {
+// false) on a non-zero exit. With a label, prints how long the command took.
+bool run(const std::string& cmd, const std::string& log, std::string& out, const char* label = nullptr) {
   out.clear();
+  const auto t0 = std::chrono::steady_clock::now();
   std::ofstream(log, std::ios::app) << "\n$ " << cmd << "\n";
   FILE* p = ::popen((cmd + " 2>>" + q(log)).c_str(), "r");
   if (!p) {
@@ -114,7 +116,9 @@ bool run(const std::string& cmd, const std::string& log, std::string& out) {
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int st = ::pclose(p);
-  if (st != 0) {
+  if (label)
+    std::printf("[ llama.cpp ]   %5.1f s  %s\n",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), label);  if (st != 0) {
     ADD_FAILURE() << "command failed (status " << st << "): " << cmd << "\n--- stderr (tail):\n"
                   << tail(read_file(log));
     return false;
@@ -285,7 +289,7 @@ class LlamaCpp : public ::testing::Test {
     std::string cmd = q(cli()) + " eval --model " + q(env.model) + " --data " + q(data.heldout) +
                       " --seq-len " + std::to_string(kScored + 1) + " --top1 --json";
     if (!adapter.empty()) cmd += " --adapter " + q(adapter);
-    if (!run(cmd, log, out)) return false;
+    if (!run(cmd, log, out, adapter.empty() ? "lowrank eval --top1" : "lowrank eval --top1 --adapter")) return false;
     std::ofstream(out_json) << out;
     s = scores_of(last_json(out));
     EXPECT_EQ(s.tokens, kScored) << "the held-out text must have at least " << kScored + 1 << " tokens";
@@ -300,7 +304,7 @@ class LlamaCpp : public ::testing::Test {
     std::string cmd = "LOWRANK_NODE_LLAMA_CPP=" + q(env.nlc) + " node " + q(score_script()) + " --model " + q(model) +
                       " --ids " + q(ids_json) + " --threads 2";
     if (!lora.empty()) cmd += " --lora " + q(lora);
-    if (!run(cmd, log, out)) return false;
+    if (!run(cmd, log, out, lora.empty() ? "llama.cpp score" : "llama.cpp score --lora")) return false;
     s = scores_of(last_json(out));
     EXPECT_EQ(s.tokens, kScored);
     return s.tokens == kScored && s.top1.size() == size_t(kScored + 1);
@@ -352,12 +356,12 @@ TEST_F(LlamaCpp, AdapterAndMergedModel) {
   ASSERT_TRUE(run(q(cli()) + " train --model " + q(env.model) + " --data " + q(data.train) + " --out " + q(adapter) +
                       " --r 8 --alpha 16 --targets q_proj,v_proj --seq-len 128 --steps " + std::to_string(kTrainSteps) +
                       " --lr 1e-3 --batch 1 --seed 0 --no-progress --json-log " + q(dir + "/train_log.jsonl"),
-                  log, out));
+                  log, out, "lowrank train"));
   ASSERT_TRUE(run(q(cli()) + " export --model " + q(env.model) + " --adapter " + q(adapter) +
                       " --format gguf --out " + q(adapter_gguf),
-                  log, out));
+                  log, out, "lowrank export --format gguf"));
   ASSERT_TRUE(run(q(cli()) + " merge --model " + q(env.model) + " --adapter " + q(adapter) + " --out " + q(merged),
-                  log, out));
+                  log, out, "lowrank merge (GGUF)"));
 
   Scores lr_base, lr_ad, ll_base, ll_ad, ll_merged;
   const std::string ids = dir + "/lowrank_base.json";
