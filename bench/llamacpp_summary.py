@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
 """Table of bench/llamacpp.sh results: lowrank vs llama.cpp prefill / decode tok/s, LoRA training.
 
-Usage: bench/llamacpp_summary.py RESULTS.jsonl [SUMMARY.md]
+Usage: bench/llamacpp_summary.py RESULTS.jsonl [SUMMARY.md]     (env FOREIGN_MAX, default 0.10)
 
 Each inference run (one process per engine) reports the median of its repetitions and every
 repetition (prefill_ms_all, decode_tok_s_all). The table shows, per engine, the median over runs
 of the per-run medians (with the range over runs) and the best repetition of all runs: on a
-shared machine the best repetition is the one least disturbed by other processes. The ratios
-are lowrank / llama.cpp (> 1: lowrank faster), for the medians and for the best repetitions.
+shared machine the best repetition is the one least disturbed by other processes. Runs during
+which other processes took more than FOREIGN_MAX of the machine's CPU time are left out when an
+engine has runs below it (and counted in a note). The ratios are lowrank / llama.cpp (> 1:
+lowrank faster), for the medians and for the best repetitions.
 """
 import json
+import os
 import statistics
 import sys
+
+FOREIGN_MAX = float(os.environ.get("FOREIGN_MAX", "0.10"))
+
+
+def clean(rs):
+    """The runs below FOREIGN_MAX if there are any, else all; and how many were dropped."""
+    ok = [r for r in rs if r.get("foreign_cpu_frac", 0) <= FOREIGN_MAX]
+    return (ok, len(rs) - len(ok)) if ok else (rs, 0)
 
 
 def main():
@@ -19,6 +30,8 @@ def main():
     lr = [r for r in rows if r.get("impl") == "lowrank" and r.get("bench") == "infer"]
     ll = [r for r in rows if str(r.get("impl", "")).startswith("llama.cpp")]
     tr = [r for r in rows if r.get("bench") == "train"]
+    lr, lr_dropped = clean(lr)
+    ll, ll_dropped = clean(ll)
     lines = []
     p = lines.append
 
@@ -48,7 +61,9 @@ def main():
               f"| **{ma / mb:.2f}×** | {ba:.1f} | {bb:.1f} | **{ba / bb:.2f}×** |")
         p("")
         p(f"runs: {len(lr)} lowrank, {len(ll)} llama.cpp (node-llama-cpp {ll[0].get('node_llama_cpp', '?')}), "
-          f"{lr[0].get('decode_reps', len(lr[0].get('decode_tok_s_all', [])))} repetitions each after a warm-up.")
+          f"{lr[0].get('decode_reps', len(lr[0].get('decode_tok_s_all', [])))} repetitions each after a warm-up"
+          + (f"; left out (other processes above {100 * FOREIGN_MAX:.0f} % of the CPU time): {lr_dropped} lowrank, "
+             f"{ll_dropped} llama.cpp" if lr_dropped or ll_dropped else "") + ".")
         for name, rs in (("lowrank", lr), ("llama.cpp", ll)):
             fc = [r["foreign_cpu_frac"] for r in rs if r.get("foreign_cpu_frac") is not None]
             if fc:
