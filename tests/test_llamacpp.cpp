@@ -19,8 +19,9 @@
 // Noise on the llama.cpp side (measured 2026-11-27, node-llama-cpp 3.22.1): its perplexity on
 // these 200 tokens moves by ~0.5 % with the batch size alone (batch 32 instead of 201: +0.6 %)
 // and as soon as any LoRA adapter is attached (the trained adapter at scale 1e-6: +0.5 %), where
-// lowrank's moves by ~1e-6; adapters that differ by 6e-5 (two builds) gave llama.cpp perplexities
-// 0.9 % apart. Observed ratios of the ratios over four builds: 1.002, 1.004, 1.005, 1.014.
+// lowrank's moves by ~1e-6; adapters that differ by 6e-5 (two training runs) gave llama.cpp
+// perplexities 0.9 % apart (lowrank's: 1e-7). Observed ratios of the ratios over five runs:
+// 1.002, 1.004, 1.005, 1.014, 0.999; merged vs unmerged: -0.5, -0.4, -0.4, -1.0, +0.7 %.
 //
 // Needs (else the tests skip, saying what is missing): the TinyLlama GGUF
 // (scripts/fetch-tinyllama), the State of the Union corpus (scripts/fetch-sotu), Node.js and
