@@ -21,7 +21,7 @@
 // and as soon as any LoRA adapter is attached (the trained adapter at scale 1e-6: +0.5 %), where
 // lowrank's moves by ~1e-6; adapters that differ by 6e-5 (two training runs) gave llama.cpp
 // perplexities 0.9 % apart (lowrank's: 1e-7). Observed ratios of the ratios over five runs:
-// 1.002, 1.004, 1.005, 1.014, 0.999; merged vs unmerged: -0.5, -0.4, -0.4, -1.0, +0.7 %.
+// 1.002, 1.004, 1.005, 1.014, 0.999; merged vs unmerged: +0.5, -0.4, -0.4, -1.0, +0.7 %.
 //
 // Needs (else the tests skip, saying what is missing): the TinyLlama GGUF
 // (scripts/fetch-tinyllama), the State of the Union corpus (scripts/fetch-sotu), Node.js and
