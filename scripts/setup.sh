@@ -25,7 +25,7 @@ fi
 # python3: seed generators and dev/ scripts; nodejs/npm: model and data downloads (npm registry).
 PACKAGES=(
   cmake ninja-build g++ pkg-config make git ca-certificates xz-utils
-  libopenblas-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev libpng-dev
+  libopenblas-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev
   clang libclang-rt-14-dev libomp-dev
   python3
 )

@@ -4,15 +4,11 @@
 #include <string>
 
 #include "model/model.h"
-#include "tokenizer/tokenizer.h"
+#include "tokenizer/gguf_vocab.h"
 
 namespace lowrank {
 
 std::unique_ptr<Model> load_gguf_model(const std::string& path);
-// SentencePiece tokenizer from the GGUF vocabulary.
-Tokenizer gguf_tokenizer(const std::string& path);
-// The chat template stored in the GGUF file ("" if none).
-std::string gguf_chat_template(const std::string& path);
 // HF module name of a GGUF llama tensor base name ("blk.3.attn_q" -> "model.layers.3.self_attn.q_proj"),
 // and back. Empty string when there is none.
 std::string gguf_to_hf_module(const std::string& gguf_name);

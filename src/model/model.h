@@ -27,8 +27,9 @@ struct Linear {
   FloatBuffer W_owned;           // (out, in)
   FloatBuffer dW;                // (out, in)
   FloatBuffer dbias;             // (out)
-  // Merge bookkeeping: original weights saved when an adapter is merged (exact unmerge).
-  std::vector<float> unmerged_backup;  // (out, in) or empty
+  // Merge bookkeeping: the stored matrix before the first merge (restored by unmerge_all).
+  bool merged = false;
+  Matrix unmerged;
 };
 
 // Norm parameters (LayerNorm has b; RMSNorm has none).

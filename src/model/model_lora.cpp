@@ -101,9 +101,14 @@ void Model::merge_adapter(int slot, float scale) {
     LoraTarget* t = L->lora.size() > size_t(slot) ? L->lora[size_t(slot)] : nullptr;
     if (!t) continue;
     if (L == &lm_head && cfg.tied) fail("merge: cannot merge into the tied lm_head");
-    make_owned(*L);
-    if (L->unmerged_backup.empty())
-      L->unmerged_backup.assign(L->W_owned.ptr(), L->W_owned.ptr() + L->W_owned.n);
+    if (!L->merged) {
+      // The stored matrix (mmapped, quantized, transposed...) is kept as it is, so unmerging
+      // restores exactly the weights and the compute path of the unmerged model.
+      L->unmerged = L->W;
+      L->W_owned = FloatBuffer();
+      make_owned(*L);
+      L->merged = true;
+    }
     // W (out, in) += s · B (out, r) · A (r, in)
     ops::gemm(false, false, L->out, L->in, t->r, scale * t->scale, t->B.ptr(), t->A.ptr(), 1.f, L->W_owned.ptr());
   }
@@ -111,9 +116,11 @@ void Model::merge_adapter(int slot, float scale) {
 
 void Model::unmerge_all() {
   for (Linear* L : linears()) {
-    if (L->unmerged_backup.empty()) continue;
-    std::memcpy(L->W_owned.ptr(), L->unmerged_backup.data(), L->unmerged_backup.size() * 4);
-    L->unmerged_backup.clear();
+    if (!L->merged) continue;
+    L->W = L->unmerged;
+    L->unmerged = Matrix();
+    L->W_owned = FloatBuffer();
+    L->merged = false;
   }
 }
 
