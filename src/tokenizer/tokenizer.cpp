@@ -952,7 +952,12 @@ std::string Impl::decode(const std::vector<int32_t>& ids, bool skip_special) con
 
 // ---------------------------------------------------------------- public API
 
-Tokenizer::Tokenizer(std::shared_ptr<const tok::Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(std::shared_ptr<const tok::Impl> impl) : impl_(std::move(impl)) {
+  // The longest token string (UTF-8 bytes; byte-level and <0xXX> spellings are at least as
+  // long as the bytes they stand for), for encode_bounded.
+  for (const std::string& t : impl_->id_to_token) max_token_bytes_ = std::max<int64_t>(max_token_bytes_, int64_t(t.size()));
+  for (const auto& [text, id] : impl_->added_vocab) max_token_bytes_ = std::max<int64_t>(max_token_bytes_, int64_t(text.size()));
+}
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::string& tokenizer_config_json,
@@ -1047,6 +1052,19 @@ Tokenizer Tokenizer::from_sentencepiece_vocab(std::vector<std::string> tokens, s
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
   return impl_->encode(text, add_special_tokens);
+}
+
+std::vector<int32_t> Tokenizer::encode_bounded(const std::string& text, int64_t max_tokens, bool add_special_tokens) const {
+  // Every token stands for at most max_token_bytes_ bytes of text, so a longer text cannot fit:
+  // refused before any work, which bounds tokenization to O(max_tokens · max_token_bytes).
+  if (max_tokens < 0) max_tokens = 0;
+  if (int64_t(text.size()) > max_tokens * max_token_bytes_ + 16)
+    fail("the text (", text.size(), " bytes) is longer than ", max_tokens, " tokens can be (at most ",
+         max_token_bytes_, " bytes per token)");
+  std::vector<int32_t> ids = impl_->encode(text, add_special_tokens);
+  if (int64_t(ids.size()) > max_tokens)
+    fail("the text is ", ids.size(), " tokens, more than the limit of ", max_tokens);
+  return ids;
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {

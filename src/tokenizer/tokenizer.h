@@ -43,6 +43,11 @@ class Tokenizer {
   // == HF tok(text).input_ids (with add_special_tokens). Invalid UTF-8 in `text` is replaced by
   // U+FFFD first (HF mode) since HF only ever sees valid strings.
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true) const;
+  // encode() for untrusted input with a budget: throws lowrank::Error when the text has more
+  // than max_tokens ids. A text longer than max_tokens × max_token_bytes() bytes is refused
+  // before tokenization starts, so the work is bounded by the budget, not by the input size.
+  std::vector<int32_t> encode_bounded(const std::string& text, int64_t max_tokens, bool add_special_tokens = true) const;
+  int64_t max_token_bytes() const { return max_token_bytes_; }
   // == HF tokenizer.decode(ids, skip_special_tokens). Unknown ids are skipped.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
@@ -65,6 +70,7 @@ class Tokenizer {
   explicit Tokenizer(std::shared_ptr<const tok::Impl> impl);
   std::shared_ptr<const tok::Impl> impl_;
   std::shared_ptr<const std::string> chat_template_;  // set by with_chat_template
+  int64_t max_token_bytes_ = 1;                       // longest token, in UTF-8 bytes
 };
 
 }  // namespace lowrank
