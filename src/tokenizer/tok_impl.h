@@ -163,6 +163,17 @@ class TokenTrie {
   bool empty() const { return nodes_.size() <= 1; }
   // Longest pattern starting at s[pos]: returns its value and sets len, or -1.
   int32_t longest_at(std::string_view s, size_t pos, size_t& len) const;
+  // Calls f(value) for every pattern that starts at s[pos] (shortest first).
+  template <typename F>
+  void each_at(std::string_view s, size_t pos, F&& f) const {
+    int32_t node = 0;
+    for (size_t i = pos; i < s.size(); i++) {
+      int32_t nx = child(node, (unsigned char)s[i]);
+      if (nx < 0) return;
+      node = nx;
+      if (nodes_[node].value >= 0) f(nodes_[node].value);
+    }
+  }
   bool may_start(unsigned char c) const { return first_[c]; }
 
  private:
@@ -170,6 +181,7 @@ class TokenTrie {
     std::vector<std::pair<unsigned char, int32_t>> next;  // sorted by byte
     int32_t value = -1;
   };
+  int32_t child(int32_t node, unsigned char c) const;
   std::vector<Node> nodes_{Node{}};
   bool first_[256] = {};
 };
@@ -183,8 +195,17 @@ struct Segment {
 
 // ---------------------------------------------------------------- the tokenizer
 
+// A token that llama.cpp's tokenizer_st_partition splits out of the input (control, unknown and
+// user-defined tokens), with the LSTRIP/RSTRIP attributes it may carry.
+struct LlamaSpecial {
+  std::string text;
+  int32_t id = -1;
+  bool lstrip = false, rstrip = false;
+};
+
 struct Impl {
-  enum class Mode { HF, SPM } mode = Mode::HF;
+  // HF: tokenizer.json pipeline. SPM / LlamaBpe: llama.cpp's llama_vocab (GGUF vocabularies).
+  enum class Mode { HF, SPM, LlamaBpe } mode = Mode::HF;
   std::string source;
 
   // Vocabulary: model tokens plus added tokens (added tokens override the id->token map).
@@ -207,10 +228,14 @@ struct Impl {
 
   BpeModel bpe;
   SpmModel spm;
-  bool spm_add_bos = false, spm_add_eos = false;
 
-  // SPM mode: tokens recognised inside the input text, longest first.
-  std::vector<std::pair<std::string, int32_t>> spm_specials;
+  // SPM / LlamaBpe modes (llama.cpp semantics).
+  bool llama_add_bos = false, llama_add_eos = false;
+  bool llama_add_space_prefix = true;     // SPM: " " before the first fragment and after specials
+  bool llama_escape_whitespace = false;   // LlamaBpe (gemma4 pre): ' ' -> "▁" before splitting
+  bool llama_newline_words_whole = false; // LlamaBpe (gemma4 pre): an all-'\n' word in the vocab is one token
+  std::vector<LlamaSpecial> llama_specials;  // longest text first (llama.cpp's priority order)
+  TokenTrie llama_special_trie;              // texts of llama_specials -> index, to find those present
 
   std::string bos_token, eos_token, pad_token, chat_template;
   int32_t bos = -1, eos = -1, pad = -1;
@@ -221,7 +246,8 @@ struct Impl {
 
  private:
   void split_added(std::string_view text, const TokenTrie& trie, bool at_start, std::vector<Segment>& out) const;
-  std::vector<int32_t> encode_spm(const std::string& text, bool add_special) const;
+  std::vector<int32_t> encode_llama(const std::string& text, bool add_special) const;
+  void partition_llama(const std::string& text, std::vector<Segment>& out) const;
 };
 
 }  // namespace lowrank::tok

@@ -313,6 +313,13 @@ void TokenTrie::add(const std::string& pattern, int32_t value) {
   first_[(unsigned char)pattern[0]] = true;
 }
 
+int32_t TokenTrie::child(int32_t node, unsigned char c) const {
+  const auto& nx = nodes_[node].next;
+  auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(c, int32_t(-1)),
+                             [](const auto& a, const auto& b) { return a.first < b.first; });
+  return it != nx.end() && it->first == c ? it->second : -1;
+}
+
 int32_t TokenTrie::longest_at(std::string_view s, size_t pos, size_t& len) const {
   int32_t node = 0, best = -1;
   for (size_t i = pos; i < s.size(); i++) {
