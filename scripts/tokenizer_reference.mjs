@@ -104,9 +104,9 @@ if ((req.hf ?? []).length) {
     const tok = mod.TokenizerLoader.fromPreTrained({tokenizerJSON, tokenizerConfig});
     const r = {ids: [], ids_special: [], decoded: []};
     for (const t of texts) {
-      const ids = Array.from(tok.encode(t, null, {add_special_tokens: false}));
+      const ids = Array.from(tok.encode(t, {add_special_tokens: false}));
       r.ids.push(ids);
-      r.ids_special.push(Array.from(tok.encode(t, null, {add_special_tokens: true})));
+      r.ids_special.push(Array.from(tok.encode(t, {add_special_tokens: true})));
       r.decoded.push(tok.decode(ids, {skip_special_tokens: false}));
     }
     out.hf[job.name] = r;

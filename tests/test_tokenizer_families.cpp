@@ -1,0 +1,427 @@
+// Tokenizers of the model families lowrank supports, on their real vocabularies, checked against
+// implementations that are not lowrank's:
+//   - llama.cpp (node-llama-cpp, vocabulary-only load): the ids of the GGUF tokenizer;
+//   - transformers.js (@lenml/tokenizers) on tokenizer.json: the ids of the HF-dir tokenizer;
+//   - Hugging Face tokenizers itself, through the ids llama.cpp's repository keeps next to its
+//     vocabulary GGUFs (models/ggml-vocab-*.gguf.out, written by convert_hf_to_gguf_update.py);
+//   - @huggingface/jinja (transformers.js's Jinja) for chat templates.
+//
+// Families (scripts/fetch-tokenizers puts the vocabularies in ${LOWRANK_CACHE:-~/.cache/lowrank}/tokenizers):
+//   llama3 (Llama-3 BPE, no BOS in its post-processor), llama3_1 (Llama-3.1 BPE), qwen3 (Qwen BPE),
+//   gemma3 (Gemma-3 SentencePiece-style BPE, no space prefix), mistral (the tiny-llama fixture's
+//   tokenizer.json is Mistral-7B's SentencePiece vocabulary), gpt2 (the tiny-gpt2 fixture),
+//   smollm (SmolLM's pre-tokenizer - digits split one by one - on the GPT-2 vocabulary), and
+//   llama.cpp's own converted GGUFs of Llama-2 (llama-spm), Llama-3 (llama-bpe), Qwen (qwen2),
+//   Phi-3 (phi-3) and GPT-2 (gpt-2).
+// Each family test loads its tokenizers once. Needs Node.js, node-llama-cpp
+// (scripts/fetch-node-llama-cpp) and scripts/fetch-tokenizers; skips saying what is missing.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "fixture_util.h"
+#include "io/gguf.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/gguf_vocab.h"
+#include "tokenizer/tokenizer.h"
+
+using json = nlohmann::json;
+using namespace lowrank;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Ids = std::vector<int32_t>;
+
+std::string cache_dir() {
+  if (const char* c = std::getenv("LOWRANK_CACHE"); c && *c) return c;
+  if (const char* h = std::getenv("HOME")) return std::string(h) + "/.cache/lowrank";
+  return "";
+}
+std::string tok_dir() { return cache_dir() + "/tokenizers"; }
+std::string llamacpp_vocab_dir() { return tok_dir() + "/llama.cpp"; }
+
+std::string node_llama_cpp_prefix() {
+  std::vector<std::string> c;
+  if (const char* e = std::getenv("LOWRANK_NODE_LLAMA_CPP"); e && *e) c.push_back(e);
+  c.push_back(cache_dir() + "/node-llama-cpp");
+  for (const std::string& d : c)
+    if (fs::exists(d + "/node_modules/node-llama-cpp/package.json")) return d;
+  return "";
+}
+
+// What a reference run needs that is missing ("" when everything is there).
+std::string missing_reference_tools() {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) return "Node.js (node) is not in PATH";
+  if (node_llama_cpp_prefix().empty()) return "node-llama-cpp is missing (scripts/fetch-node-llama-cpp)";
+  if (!fs::exists(tok_dir() + "/js/node_modules/@lenml/tokenizers/package.json"))
+    return "@lenml/tokenizers is missing (scripts/fetch-tokenizers)";
+  return "";
+}
+
+std::string q(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string read_file(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream os;
+  os << f.rdbuf();
+  return os.str();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs scripts/tokenizer_reference.mjs on `request`; null (and a test failure) when it fails.
+json run_reference(const json& request, const std::string& work) {
+  const std::string req = work + "/request.json", out = work + "/reference.json", log = work + "/reference.log";
+  std::ofstream(req) << request.dump();
+  const std::string cmd = "node " + q(std::string(LOWRANK_SOURCE_DIR) + "/scripts/tokenizer_reference.mjs") + " " +
+                          q(req) + " > " + q(out) + " 2> " + q(log);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int st = std::system(cmd.c_str());
+  std::printf("[ reference ] %5.1f s  node scripts/tokenizer_reference.mjs\n", seconds_since(t0));
+  if (st != 0) {
+    std::string l = read_file(log);
+    if (l.size() > 3000) l = "..." + l.substr(l.size() - 3000);
+    ADD_FAILURE() << "reference run failed (status " << st << "): " << cmd << "\n" << l;
+    return json();
+  }
+  try {
+    return json::parse(read_file(out));
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "reference output is not JSON: " << e.what();
+    return json();
+  }
+}
+
+struct Text {
+  std::string name, text;
+};
+
+std::vector<Text> family_texts() {
+  json j = json::parse(read_file(std::string(LOWRANK_SOURCE_DIR) + "/tests/data/tokenizer_texts.json"));
+  std::vector<Text> out;
+  for (const auto& e : j) out.push_back({e["name"].get<std::string>(), e["text"].get<std::string>()});
+  return out;
+}
+
+// llama.cpp's models/ggml-vocab-*.gguf.inp / .out: texts and Hugging Face's ids (no special tokens).
+bool read_inp_out(const std::string& gguf, std::vector<Text>& texts, std::vector<Ids>& ids) {
+  std::string inp = read_file(gguf + ".inp"), out = read_file(gguf + ".out");
+  if (inp.empty() || out.empty()) return false;
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  size_t pos = 0;
+  while (true) {
+    size_t e = inp.find(sep, pos);
+    if (e == std::string::npos) break;
+    texts.push_back({"inp[" + std::to_string(texts.size()) + "]", inp.substr(pos, e - pos)});
+    pos = e + sep.size();
+  }
+  std::istringstream os(out);
+  std::string line;
+  while (std::getline(os, line)) {
+    Ids v;
+    std::istringstream ls(line);
+    int32_t x;
+    while (ls >> x) v.push_back(x);
+    ids.push_back(v);
+  }
+  return texts.size() == ids.size() && !texts.empty();
+}
+
+std::string show(const Ids& v, size_t from = 0, size_t n = 24) {
+  std::string s = "[";
+  for (size_t i = from; i < v.size() && i < from + n; i++) s += (i > from ? " " : "") + std::to_string(v[i]);
+  return s + (v.size() > from + n ? " ...]" : "]");
+}
+
+// "" when equal, else where they first differ.
+std::string diff(const Ids& a, const Ids& b) {
+  if (a == b) return "";
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) i++;
+  size_t from = i > 4 ? i - 4 : 0;
+  return "first difference at " + std::to_string(i) + " (sizes " + std::to_string(a.size()) + " vs " +
+         std::to_string(b.size()) + "): " + show(a, from) + " vs " + show(b, from);
+}
+
+Ids ids_of(const json& j) { return j.get<Ids>(); }
+
+// llama.cpp's ids with the special tokens llama_tokenize(add_special = true) adds.
+Ids with_special(const json& ref, const Ids& ids) {
+  Ids out;
+  if (ref["add_bos"].get<bool>()) out.push_back(ref["bos"].get<int32_t>());
+  out.insert(out.end(), ids.begin(), ids.end());
+  if (ref["add_eos"].get<bool>()) out.push_back(ref["eos"].get<int32_t>());
+  return out;
+}
+
+// A vocabulary-only GGUF as convert_hf_to_gguf.py --vocab-only writes it: the hyperparameters
+// llama.cpp reads before the vocabulary (a "llama" architecture; it does not change the
+// tokenizer) and the tokenizer metadata of the HF dir.
+void write_vocab_gguf(const std::string& hf_dir, const std::string& model_type, const std::string& out) {
+  GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  w.set_string("general.name", "vocab");
+  w.set_u32("llama.context_length", 4096);
+  w.set_u32("llama.embedding_length", 64);
+  w.set_u32("llama.block_count", 1);
+  w.set_u32("llama.feed_forward_length", 128);
+  w.set_u32("llama.attention.head_count", 1);
+  w.set_u32("llama.attention.head_count_kv", 1);
+  w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  gguf_write_tokenizer(w, hf_dir, model_type);
+  w.write(out);
+}
+
+struct Family {
+  std::string name;        // test-tmp folder, reference job name
+  std::string src;         // folder holding tokenizer.json (+ tokenizer_config.json)
+  std::string model_type;  // config.json model_type
+  json config;             // the rest of config.json (vocab_size, special ids)
+  std::string want_model, want_pre;  // tokenizer.ggml.model / .pre the writer must choose
+  // Texts on which llama.cpp's tokenization of the GGUF legitimately differs from HF's of
+  // tokenizer.json, with the reason; checked to differ (so a change on either side shows).
+  std::vector<std::pair<std::string, std::string>> hf_vs_llamacpp;
+  // Texts on which transformers.js differs from lowrank's HF tokenizer because transformers.js
+  // differs from Hugging Face's tokenizers (JavaScript regex semantics), with the reason.
+  std::vector<std::pair<std::string, std::string>> hf_vs_transformers_js;
+  std::string tokenizer_json_override;  // non-empty: write this tokenizer.json instead of linking
+};
+
+// Whether a decoded text holds what the references' space clean-up would change
+// (" ." " ?" " !" " ," and " '").
+bool cleanup_sensitive(const std::string& s) {
+  for (const char* p : {" .", " ?", " !", " ,", " '"})
+    if (s.find(p) != std::string::npos) return true;
+  return false;
+}
+
+bool has_special_text(const Tokenizer& t, const Ids& ids) {
+  for (int32_t id : ids)
+    if (t.is_special(id) || t.id_to_token(id).rfind("<", 0) == 0) return true;
+  return false;
+}
+
+std::string reason_for(const std::vector<std::pair<std::string, std::string>>& list, const std::string& name) {
+  for (const auto& [n, r] : list)
+    if (n == name) return r;
+  return "";
+}
+
+void check_family(const Family& fam) {
+  if (!fs::exists(fam.src + "/tokenizer.json")) GTEST_SKIP() << fam.src << "/tokenizer.json is missing (scripts/fetch-tokenizers)";
+  if (std::string m = missing_reference_tools(); !m.empty()) GTEST_SKIP() << m;
+  const std::string work = temp_dir("families-" + fam.name), hf_dir = work + "/hf";
+  fs::create_directories(hf_dir);
+  if (fam.tokenizer_json_override.empty()) fs::create_symlink(fs::absolute(fam.src + "/tokenizer.json"), hf_dir + "/tokenizer.json");
+  else std::ofstream(hf_dir + "/tokenizer.json") << fam.tokenizer_json_override;
+  if (fs::exists(fam.src + "/tokenizer_config.json"))
+    fs::create_symlink(fs::absolute(fam.src + "/tokenizer_config.json"), hf_dir + "/tokenizer_config.json");
+  json cfg = fam.config;
+  cfg["model_type"] = fam.model_type;
+  std::ofstream(hf_dir + "/config.json") << cfg.dump(1);
+
+  auto t0 = std::chrono::steady_clock::now();
+  Tokenizer hf = Tokenizer::from_hf_dir(hf_dir);
+  const double t_hf = seconds_since(t0);
+  const std::string gguf = work + "/vocab.gguf";
+  t0 = std::chrono::steady_clock::now();
+  write_vocab_gguf(hf_dir, fam.model_type, gguf);
+  const double t_write = seconds_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  GgufFile gf = GgufFile::open(gguf);
+  Tokenizer gg = gguf_tokenizer(gf);
+  const double t_gguf = seconds_since(t0);
+  std::printf("[ %-9s ] load tokenizer.json %.2f s, write GGUF %.2f s, load GGUF %.2f s\n", fam.name.c_str(), t_hf,
+              t_write, t_gguf);
+  EXPECT_EQ(gf.get_string("tokenizer.ggml.model", ""), fam.want_model);
+  EXPECT_EQ(gf.get_string("tokenizer.ggml.pre", ""), fam.want_pre);
+
+  const std::vector<Text> texts = family_texts();
+  json req;
+  req["texts"] = json::array();
+  for (const Text& t : texts) req["texts"].push_back(t.text);
+  req["llama"] = json::array({{{"name", fam.name}, {"gguf", gguf}}});
+  req["hf"] = json::array({{{"name", fam.name}, {"dir", hf_dir}}});
+  json ref = run_reference(req, work);
+  if (ref.is_null()) return;
+  const json& lr = ref["llama"][fam.name];
+  const json& hr = ref["hf"][fam.name];
+
+  int n_llama = 0, n_hf = 0, n_cross = 0, n_roundtrip = 0, n_detok = 0, n_decode = 0;
+  // llama.cpp cleans up detokenized spaces for BPE vocabularies except these pre-tokenizers;
+  // transformers.js when clean_up_tokenization_spaces is not false.
+  const std::string pre_name = gf.get_string("tokenizer.ggml.pre", "");
+  const bool llama_cleans = fam.want_model == "gpt2" && pre_name != "qwen2" && pre_name != "smollm";
+  bool js_cleans = true;
+  if (fs::exists(hf_dir + "/tokenizer_config.json")) {
+    json tc = json::parse(read_file(hf_dir + "/tokenizer_config.json"));
+    if (tc.contains("clean_up_tokenization_spaces") && tc["clean_up_tokenization_spaces"].is_boolean())
+      js_cleans = tc["clean_up_tokenization_spaces"].get<bool>();
+  }
+  std::vector<std::string> crossed, js_differ;
+  for (size_t i = 0; i < texts.size(); i++) {
+    const Text& t = texts[i];
+    SCOPED_TRACE(fam.name + " text \"" + t.name + "\"");
+    // GGUF: lowrank == llama.cpp, with and without the special tokens.
+    const Ids llama_ids = ids_of(lr["ids"][i]);
+    const Ids g = gg.encode(t.text, false);
+    if (std::string d = diff(g, llama_ids); d.empty()) n_llama++;
+    else ADD_FAILURE() << "GGUF: lowrank vs llama.cpp: " << d;
+    EXPECT_EQ(gg.encode(t.text, true), with_special(lr, llama_ids));
+    // HF dir: lowrank == transformers.js, unless transformers.js is known to differ from HF.
+    const Ids h = hf.encode(t.text, false);
+    const Ids js = ids_of(hr["ids"][i]);
+    const std::string js_reason = reason_for(fam.hf_vs_transformers_js, t.name);
+    if (js_reason.empty()) {
+      if (std::string d = diff(h, js); d.empty()) n_hf++;
+      else ADD_FAILURE() << "HF dir: lowrank vs transformers.js: " << d;
+      EXPECT_EQ(hf.encode(t.text, true), ids_of(hr["ids_special"][i]));
+    } else {
+      EXPECT_NE(h, js) << "transformers.js no longer differs here (" << js_reason << "): drop the exception";
+      js_differ.push_back(t.name);
+    }
+    // The two sides agree, except where HF and llama.cpp legitimately differ.
+    const std::string why = reason_for(fam.hf_vs_llamacpp, t.name);
+    if (why.empty()) {
+      if (std::string d = diff(h, llama_ids); d.empty()) n_cross++;
+      else ADD_FAILURE() << "HF dir vs GGUF (llama.cpp): " << d;
+      EXPECT_EQ(hf.encode(t.text, true), with_special(lr, llama_ids));
+    } else {
+      EXPECT_NE(h, llama_ids) << "HF and llama.cpp no longer differ here (" << why << "): drop the exception";
+      crossed.push_back(t.name);
+    }
+    // Decoding: the GGUF tokenizer gives the text back, except that SentencePiece with a space
+    // prefix puts a space after each special token (llama.cpp and HF do the same).
+    const std::string back = gg.decode(g);
+    const bool spm_prefix = fam.want_model == "llama" && gf.get_bool("tokenizer.ggml.add_space_prefix", true);
+    if (back == t.text) n_roundtrip++;
+    else if (!(spm_prefix && has_special_text(gg, g))) ADD_FAILURE() << "GGUF decode(encode(text)) = \"" << back << "\"";
+    // The references' decoders, where their clean-up of spaces before punctuation
+    // (llama.cpp's clean_spaces, transformers' clean_up_tokenization_spaces) leaves the text alone.
+    if (!(llama_cleans && cleanup_sensitive(back))) {
+      EXPECT_EQ(back, lr["detok"][i].get<std::string>()) << "lowrank's GGUF decode vs llama.cpp's detokenize";
+      n_detok++;
+    }
+    if (!(js_cleans && cleanup_sensitive(hf.decode(h)))) {
+      EXPECT_EQ(hf.decode(h), hr["decoded"][i].get<std::string>()) << "lowrank's HF decode vs transformers.js";
+      n_decode++;
+    }
+  }
+  std::string c, j;
+  for (const auto& n : crossed) c += " " + n;
+  for (const auto& n : js_differ) j += " " + n;
+  std::printf("[ %-9s ] %zu texts: GGUF == llama.cpp %d, HF == transformers.js %d, HF == llama.cpp %d, "
+              "GGUF round trip %d, decode compared with llama.cpp %d / transformers.js %d; HF and llama.cpp "
+              "differ (expected):%s; transformers.js differs (expected):%s\n",
+              fam.name.c_str(), texts.size(), n_llama, n_hf, n_cross, n_roundtrip, n_detok, n_decode,
+              c.empty() ? " none" : c.c_str(), j.empty() ? " none" : j.c_str());
+}
+
+}  // namespace
+
+TEST(TokenizerFamilies, Llama3) {
+  Family f;
+  f.name = "llama3";
+  f.src = tok_dir() + "/llama3";
+  f.model_type = "llama";
+  f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", 128001}};
+  f.want_model = "gpt2";
+  f.want_pre = "llama-bpe";
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, Llama31) {
+  Family f;
+  f.name = "llama3_1";
+  f.src = tok_dir() + "/llama3_1";
+  f.model_type = "llama";
+  f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", json::array({128001, 128008, 128009})}};
+  f.want_model = "gpt2";
+  f.want_pre = "llama-bpe";
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, Qwen3) {
+  Family f;
+  f.name = "qwen3";
+  f.src = tok_dir() + "/qwen3";
+  f.model_type = "qwen3";
+  f.config = {{"vocab_size", 151936}, {"bos_token_id", 151643}, {"eos_token_id", 151645}};
+  f.want_model = "gpt2";
+  f.want_pre = "qwen2";
+  f.hf_vs_llamacpp = {
+      {"nfd_accents", "tokenizer.json normalizes to NFC first; llama.cpp has no normalizer for BPE vocabularies"},
+      {"spm_specials", "llama.cpp treats the plain token \"</s>\" (id 128247) as an end-of-generation control "
+                       "token by its text, so it is cut out of the input; for HF it is ordinary text"}};
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, Gemma3) {
+  Family f;
+  f.name = "gemma3";
+  f.src = tok_dir() + "/gemma3";
+  f.model_type = "gemma3";
+  f.config = {{"vocab_size", 262208}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"pad_token_id", 0}};
+  f.want_model = "llama";
+  f.want_pre = "default";
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, Mistral) {
+  Family f;
+  f.name = "mistral";
+  f.src = fixtures_dir() + "/tiny-llama/model";
+  f.model_type = "mistral";
+  f.config = {{"vocab_size", 32000}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  f.want_model = "llama";
+  f.want_pre = "default";
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, Gpt2) {
+  Family f;
+  f.name = "gpt2";
+  f.src = fixtures_dir() + "/tiny-gpt2/model";
+  f.model_type = "gpt2";
+  f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
+  f.want_model = "gpt2";
+  f.want_pre = "gpt-2";
+  check_family(f);
+}
+
+TEST(TokenizerFamilies, SmolLM) {
+  // SmolLM's pre-tokenizer (each digit alone, then GPT-2's byte-level regex) on the GPT-2 vocabulary.
+  Family f;
+  f.name = "smollm";
+  f.src = fixtures_dir() + "/tiny-gpt2/model";
+  if (!fs::exists(f.src + "/tokenizer.json")) GTEST_SKIP() << f.src << "/tokenizer.json is missing";
+  json tj = json::parse(read_file(f.src + "/tokenizer.json"));
+  tj["pre_tokenizer"] = {{"type", "Sequence"},
+                         {"pretokenizers",
+                          json::array({{{"type", "Digits"}, {"individual_digits", true}},
+                                       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                                        {"use_regex", true}}})}};
+  f.tokenizer_json_override = tj.dump();
+  f.model_type = "llama";
+  f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
+  f.want_model = "gpt2";
+  f.want_pre = "smollm";
+  check_family(f);
+}
