@@ -425,3 +425,119 @@ TEST(TokenizerFamilies, SmolLM) {
   f.want_pre = "smollm";
   check_family(f);
 }
+
+// lowrank's GGUF reader on the vocabulary GGUFs that llama.cpp's own converter wrote (not
+// lowrank's writer): its ids == llama.cpp's on those files, and == the ids Hugging Face's
+// tokenizers gave for llama.cpp's test texts (the .out files next to them).
+TEST(TokenizerFamilies, LlamaCppConvertedVocabularies) {
+  const std::vector<std::string> names = {"llama-spm", "llama-bpe", "qwen2", "phi-3", "gpt-2"};
+  for (const auto& n : names)
+    if (!fs::exists(llamacpp_vocab_dir() + "/ggml-vocab-" + n + ".gguf"))
+      GTEST_SKIP() << llamacpp_vocab_dir() << "/ggml-vocab-" << n << ".gguf is missing (scripts/fetch-tokenizers)";
+  if (std::string m = missing_reference_tools(); !m.empty()) GTEST_SKIP() << m;
+  const std::string work = temp_dir("families-llamacpp-vocabs");
+  // Texts: llama.cpp's own test texts (the same for every vocabulary) and the family texts.
+  std::vector<Text> inp;
+  std::vector<Ids> unused;
+  ASSERT_TRUE(read_inp_out(llamacpp_vocab_dir() + "/ggml-vocab-llama-bpe.gguf", inp, unused));
+  std::vector<Text> texts = inp;
+  for (const Text& t : family_texts()) texts.push_back(t);
+  json req;
+  req["texts"] = json::array();
+  for (const Text& t : texts) req["texts"].push_back(t.text);
+  req["llama"] = json::array();
+  for (const auto& n : names) req["llama"].push_back({{"name", n}, {"gguf", llamacpp_vocab_dir() + "/ggml-vocab-" + n + ".gguf"}});
+  json ref = run_reference(req, work);
+  if (ref.is_null()) return;
+
+  for (const auto& n : names) {
+    const std::string gguf = llamacpp_vocab_dir() + "/ggml-vocab-" + n + ".gguf";
+    SCOPED_TRACE(gguf);
+    std::vector<Text> vt;
+    std::vector<Ids> hf_ids;
+    ASSERT_TRUE(read_inp_out(gguf, vt, hf_ids));
+    ASSERT_EQ(vt.size(), inp.size());
+    Tokenizer tok = gguf_tokenizer(gguf);
+    const json& lr = ref["llama"][n];
+    int n_llama = 0, n_hf = 0, n_hf_llama = 0;
+    std::string hf_differs;
+    for (size_t i = 0; i < texts.size(); i++) {
+      SCOPED_TRACE(n + " text " + texts[i].name + " \"" + texts[i].text.substr(0, 40) + "\"");
+      const Ids mine = tok.encode(texts[i].text, false);
+      const Ids llama_ids = ids_of(lr["ids"][i]);
+      if (std::string d = diff(mine, llama_ids); d.empty()) n_llama++;
+      else ADD_FAILURE() << "lowrank vs llama.cpp: " << d;
+      EXPECT_EQ(tok.encode(texts[i].text, true), with_special(lr, llama_ids));
+      if (i < inp.size()) {
+        if (mine == hf_ids[i]) n_hf++;
+        if (llama_ids == hf_ids[i]) n_hf_llama++;
+        else hf_differs += " " + texts[i].name;
+        // Where llama.cpp agrees with Hugging Face, lowrank does too (the loop above makes
+        // lowrank == llama.cpp everywhere); where it does not, the difference is llama.cpp's.
+        EXPECT_EQ(mine == hf_ids[i], llama_ids == hf_ids[i]);
+      }
+    }
+    std::printf("[ %-9s ] %zu texts: lowrank == llama.cpp %d; on llama.cpp's %zu test texts lowrank == HF %d, "
+                "llama.cpp == HF %d (llama.cpp differs from HF on:%s)\n",
+                n.c_str(), texts.size(), n_llama, inp.size(), n_hf, n_hf_llama,
+                hf_differs.empty() ? " none" : hf_differs.c_str());
+  }
+}
+
+// The writer against llama.cpp's own converter: lowrank's tokenizer.ggml.tokens, token_type and
+// merges for the Llama-3 tokenizer.json, the GPT-2 fixture and Qwen3's tokenizer.json equal
+// those of the GGUFs convert_hf_to_gguf.py made from Meta-Llama-3-8B, GPT-2 and Qwen1.5 (the
+// same base vocabulary; Qwen3 adds special tokens after id 151645).
+TEST(TokenizerFamilies, WriterMatchesLlamaCppConverter) {
+  struct Case {
+    std::string src, model_type, ref;
+    json config;
+    int64_t compare_ids;  // -1: all
+  };
+  const std::vector<Case> cases = {
+      {tok_dir() + "/llama3", "llama", "llama-bpe", {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", 128001}}, -1},
+      {fixtures_dir() + "/tiny-gpt2/model", "gpt2", "gpt-2", {{"vocab_size", 50257}}, -1},
+      {tok_dir() + "/qwen3", "qwen3", "qwen2", {{"vocab_size", 151936}, {"bos_token_id", 151643}}, 151646},
+  };
+  int checked = 0;
+  for (const Case& c : cases) {
+    const std::string ref_path = llamacpp_vocab_dir() + "/ggml-vocab-" + c.ref + ".gguf";
+    if (!fs::exists(c.src + "/tokenizer.json") || !fs::exists(ref_path)) {
+      std::printf("[ writer    ] skipped %s: %s or %s missing (scripts/fetch-tokenizers)\n", c.ref.c_str(),
+                  (c.src + "/tokenizer.json").c_str(), ref_path.c_str());
+      continue;
+    }
+    SCOPED_TRACE(c.src + " vs " + ref_path);
+    const std::string work = temp_dir("writer-" + c.ref), hf_dir = work + "/hf";
+    fs::create_directories(hf_dir);
+    fs::create_symlink(fs::absolute(c.src + "/tokenizer.json"), hf_dir + "/tokenizer.json");
+    if (fs::exists(c.src + "/tokenizer_config.json"))
+      fs::create_symlink(fs::absolute(c.src + "/tokenizer_config.json"), hf_dir + "/tokenizer_config.json");
+    json cfg = c.config;
+    cfg["model_type"] = c.model_type;
+    std::ofstream(hf_dir + "/config.json") << cfg.dump();
+    GgufWriter w;
+    gguf_write_tokenizer(w, hf_dir, c.model_type);
+    const std::vector<uint8_t> bytes = w.to_bytes();
+    GgufFile mine = GgufFile::from_memory(bytes.data(), bytes.size(), "written");
+    GgufFile ref = GgufFile::open(ref_path);
+    EXPECT_EQ(mine.get_string("tokenizer.ggml.model", ""), ref.get_string("tokenizer.ggml.model", "?"));
+    EXPECT_EQ(mine.get_string("tokenizer.ggml.pre", ""), ref.get_string("tokenizer.ggml.pre", "?"));
+    auto a_tok = mine.get_string_array("tokenizer.ggml.tokens"), b_tok = ref.get_string_array("tokenizer.ggml.tokens");
+    auto a_ty = mine.get_int_array("tokenizer.ggml.token_type"), b_ty = ref.get_int_array("tokenizer.ggml.token_type");
+    ASSERT_EQ(a_tok.size(), b_tok.size());
+    ASSERT_EQ(a_ty.size(), b_ty.size());
+    const size_t n = c.compare_ids < 0 ? a_tok.size() : size_t(c.compare_ids);
+    size_t bad_tok = 0, bad_ty = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (a_tok[i] != b_tok[i] && bad_tok++ < 5) ADD_FAILURE() << "token " << i << ": " << a_tok[i] << " vs " << b_tok[i];
+      if (a_ty[i] != b_ty[i] && bad_ty++ < 5) ADD_FAILURE() << "token_type " << i << ": " << a_ty[i] << " vs " << b_ty[i];
+    }
+    EXPECT_EQ(mine.get_string_array("tokenizer.ggml.merges"), ref.get_string_array("tokenizer.ggml.merges"));
+    EXPECT_EQ(mine.get_int("tokenizer.ggml.bos_token_id", -1), ref.get_int("tokenizer.ggml.bos_token_id", -1));
+    std::printf("[ writer    ] %s: %zu of %zu tokens and types, %zu merges equal to llama.cpp's converter (%zu / %zu differ)\n",
+                c.ref.c_str(), n, a_tok.size(), ref.get_string_array("tokenizer.ggml.merges").size(), bad_tok, bad_ty);
+    checked++;
+  }
+  if (checked == 0) GTEST_SKIP() << "no tokenizer to compare (scripts/fetch-tokenizers)";
+}
