@@ -18,7 +18,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -540,4 +542,103 @@ TEST(TokenizerFamilies, WriterMatchesLlamaCppConverter) {
     checked++;
   }
   if (checked == 0) GTEST_SKIP() << "no tokenizer to compare (scripts/fetch-tokenizers)";
+}
+
+// Chat templates of real models rendered by lowrank's Jinja subset exactly as @huggingface/jinja
+// (transformers.js's engine, with transformers' trim_blocks / lstrip_blocks) renders them, for
+// conversations with and without system prompts: the templates of the tokenizer_config.json
+// files above and those llama.cpp keeps for its chat tests (models/templates).
+TEST(TokenizerFamilies, ChatTemplates) {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) GTEST_SKIP() << "Node.js (node) is not in PATH";
+  if (node_llama_cpp_prefix().empty()) GTEST_SKIP() << "node-llama-cpp is missing (it brings @huggingface/jinja)";
+  struct Tmpl {
+    std::string name, source, bos, eos;
+  };
+  std::vector<Tmpl> tmpls;
+  for (const char* fam : {"llama3", "llama3_1", "qwen3", "gemma3"}) {
+    const std::string p = tok_dir() + "/" + fam + "/tokenizer_config.json";
+    if (!fs::exists(p)) continue;
+    json tc = json::parse(read_file(p));
+    auto tok = [&](const char* k) {
+      const json& v = tc.contains(k) ? tc[k] : json();
+      return v.is_string() ? v.get<std::string>() : v.is_object() ? v.value("content", "") : std::string();
+    };
+    tmpls.push_back({fam, tc["chat_template"].get<std::string>(), tok("bos_token"), tok("eos_token")});
+  }
+  const std::string bos_ds = "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+  const std::string eos_ds = "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+  const std::vector<std::array<std::string, 3>> jinja = {
+      {"meta-llama-Llama-3.1-8B-Instruct", "<|begin_of_text|>", "<|eot_id|>"},
+      {"meta-llama-Llama-3.2-3B-Instruct", "<|begin_of_text|>", "<|eot_id|>"},
+      {"meta-llama-Llama-3.3-70B-Instruct", "<|begin_of_text|>", "<|eot_id|>"},
+      {"Qwen-Qwen2.5-7B-Instruct", "", "<|im_end|>"},
+      {"Qwen-Qwen3-0.6B", "", "<|im_end|>"},
+      {"google-gemma-2-2b-it", "<bos>", "<eos>"},
+      {"microsoft-Phi-3.5-mini-instruct", "<s>", "<|endoftext|>"},
+      {"mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>"},
+      {"deepseek-ai-DeepSeek-R1-Distill-Llama-8B", bos_ds, eos_ds},
+      {"deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", bos_ds, eos_ds},
+      {"HuggingFaceTB-SmolLM3-3B", "", "<|im_end|>"},
+  };
+  for (const auto& [name, bos, eos] : jinja) {
+    const std::string p = llamacpp_vocab_dir() + "/templates/" + name + ".jinja";
+    if (fs::exists(p)) tmpls.push_back({name, read_file(p), bos, eos});
+  }
+  if (tmpls.empty()) GTEST_SKIP() << "no chat template found (scripts/fetch-tokenizers)";
+  const json convs = json::parse(read_file(std::string(LOWRANK_SOURCE_DIR) + "/tests/data/chat_conversations.json"));
+  json req;
+  req["chat"] = json::array();
+  std::vector<std::vector<nlohmann::ordered_json>> contexts;
+  for (const Tmpl& t : tmpls) {
+    json job = {{"name", t.name}, {"template", t.source}, {"contexts", json::array()}};
+    contexts.emplace_back();
+    for (const auto& c : convs) {
+      nlohmann::ordered_json ctx;
+      ctx["messages"] = nlohmann::ordered_json::parse(c["messages"].dump());
+      ctx["add_generation_prompt"] = c["add_generation_prompt"];
+      ctx["bos_token"] = t.bos;
+      ctx["eos_token"] = t.eos;
+      ctx["date_string"] = "26 Jul 2024";  // Llama 3.x; else it would ask for today's date
+      job["contexts"].push_back(json::parse(ctx.dump()));
+      contexts.back().push_back(ctx);
+    }
+    req["chat"].push_back(job);
+  }
+  json ref = run_reference(req, temp_dir("families-chat"));
+  if (ref.is_null()) return;
+  for (size_t k = 0; k < tmpls.size(); k++) {
+    const Tmpl& t = tmpls[k];
+    SCOPED_TRACE("template " + t.name);
+    int same = 0, both_refuse = 0;
+    std::unique_ptr<ChatTemplate> ct;
+    std::string parse_error;
+    try {
+      ct = std::make_unique<ChatTemplate>(t.source);
+    } catch (const Error& e) {
+      parse_error = e.what();
+    }
+    for (size_t i = 0; i < convs.size(); i++) {
+      SCOPED_TRACE("conversation " + convs[i]["name"].get<std::string>());
+      const json& r = ref["chat"][t.name][i];
+      std::string mine, err = parse_error;
+      if (ct) {
+        try {
+          mine = ct->render_json(contexts[k][i]);
+        } catch (const Error& e) {
+          err = e.what();
+        }
+      }
+      if (r.contains("error")) {
+        // The template itself refuses the conversation (raise_exception), on both sides.
+        EXPECT_FALSE(err.empty()) << "@huggingface/jinja failed (" << r["error"] << ") but lowrank rendered:\n" << mine;
+        if (!err.empty()) both_refuse++;
+        continue;
+      }
+      ASSERT_TRUE(err.empty()) << "lowrank failed: " << err;
+      if (mine == r["text"].get<std::string>()) same++;
+      else EXPECT_EQ(mine, r["text"].get<std::string>());
+    }
+    std::printf("[ chat      ] %-42s %d of %zu conversations rendered identically, %d refused by the template on both sides\n",
+                t.name.c_str(), same, convs.size(), both_refuse);
+  }
 }
