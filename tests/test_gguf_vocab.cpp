@@ -166,11 +166,6 @@ TEST(GgufVocab, RefusesWhatItCannotTokenize) {
   expect_refused(small_bpe(""), "no-pre.gguf", "tokenizer.ggml.pre");
   {
     GgufWriter w = small_bpe("gpt-2");
-    w.set_string_array("tokenizer.ggml.merges", {"a b", "x y"});
-    expect_refused(w, "merges.gguf", "tokenizer.ggml.merges");
-  }
-  {
-    GgufWriter w = small_bpe("gpt-2");
     w.remove("tokenizer.ggml.merges");
     expect_refused(w, "no-merges.gguf", "tokenizer.ggml.merges");
   }

@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -176,7 +177,8 @@ Ids with_special(const json& ref, const Ids& ids) {
 // A vocabulary-only GGUF as convert_hf_to_gguf.py --vocab-only writes it: the hyperparameters
 // llama.cpp reads before the vocabulary (a "llama" architecture; it does not change the
 // tokenizer) and the tokenizer metadata of the HF dir.
-void write_vocab_gguf(const std::string& hf_dir, const std::string& model_type, const std::string& out) {
+void write_vocab_gguf(const std::string& hf_dir, const std::string& model_type, const std::string& out,
+                      const std::function<void(GgufWriter&)>& edit = nullptr) {
   GgufWriter w;
   w.set_string("general.architecture", "llama");
   w.set_string("general.name", "vocab");
@@ -188,6 +190,7 @@ void write_vocab_gguf(const std::string& hf_dir, const std::string& model_type, 
   w.set_u32("llama.attention.head_count_kv", 1);
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   gguf_write_tokenizer(w, hf_dir, model_type);
+  if (edit) edit(w);
   w.write(out);
 }
 
@@ -204,6 +207,9 @@ struct Family {
   // differs from Hugging Face's tokenizers (JavaScript regex semantics), with the reason.
   std::vector<std::pair<std::string, std::string>> hf_vs_transformers_js;
   std::string tokenizer_json_override;  // non-empty: write this tokenizer.json instead of linking
+  // Applied to the written GGUF metadata (to check GGUFs that other converters write).
+  std::function<void(GgufWriter&)> gguf_edit;
+  bool cross_check = true;  // false: the edited GGUF is not meant to match HF's tokenization
 };
 
 // Whether a decoded text holds what the references' space clean-up would change
@@ -244,7 +250,7 @@ void check_family(const Family& fam) {
   const double t_hf = seconds_since(t0);
   const std::string gguf = work + "/vocab.gguf";
   t0 = std::chrono::steady_clock::now();
-  write_vocab_gguf(hf_dir, fam.model_type, gguf);
+  write_vocab_gguf(hf_dir, fam.model_type, gguf, fam.gguf_edit);
   const double t_write = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
   GgufFile gf = GgufFile::open(gguf);
@@ -301,7 +307,9 @@ void check_family(const Family& fam) {
     }
     // The two sides agree, except where HF and llama.cpp legitimately differ.
     const std::string why = reason_for(fam.hf_vs_llamacpp, t.name);
-    if (why.empty()) {
+    if (!fam.cross_check) {
+      if (h != llama_ids) crossed.push_back(t.name);
+    } else if (why.empty()) {
       if (std::string d = diff(h, llama_ids); d.empty()) n_cross++;
       else ADD_FAILURE() << "HF dir vs GGUF (llama.cpp): " << d;
       EXPECT_EQ(hf.encode(t.text, true), with_special(lr, llama_ids));
@@ -383,6 +391,64 @@ TEST(TokenizerFamilies, Gemma3) {
   f.config = {{"vocab_size", 262208}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"pad_token_id", 0}};
   f.want_model = "llama";
   f.want_pre = "default";
+  check_family(f);
+}
+
+// Gemma-3's tokenizer.json as llama.cpp's converter writes it when there is no tokenizer.model:
+// a BPE vocabulary ("gpt2") whose pre-tokenizer hash names granite-embed-multi-311m (llama.cpp's
+// Gemma-4 style: "▁" for spaces, split at newlines, <0xXX> byte fallback, BOS forced on).
+TEST(TokenizerFamilies, Gemma3AsLlamaCppBpe) {
+  Family f;
+  f.name = "gemma3_bpe";
+  f.src = tok_dir() + "/gemma3";
+  if (!fs::exists(f.src + "/tokenizer.json")) GTEST_SKIP() << f.src << "/tokenizer.json is missing (scripts/fetch-tokenizers)";
+  f.model_type = "gemma3";
+  f.config = {{"vocab_size", 262208}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"pad_token_id", 0}};
+  const std::string src = f.src;
+  f.gguf_edit = [src](GgufWriter& w) {
+    json tj = json::parse(read_file(src + "/tokenizer.json"));
+    std::vector<std::string> merges;
+    for (const auto& m : tj["model"]["merges"])
+      merges.push_back(m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "granite-embed-multi-311m");
+    w.remove("tokenizer.ggml.scores");
+    w.remove("tokenizer.ggml.add_space_prefix");
+    w.set_string_array("tokenizer.ggml.merges", merges);
+  };
+  f.want_model = "gpt2";
+  f.want_pre = "granite-embed-multi-311m";
+  check_family(f);
+}
+
+// The Llama-3 tokenizer labelled as llama.cpp's converter labels this tokenizer.json (its
+// pre-tokenizer hash is Smaug-Llama-3's: the Llama-3 regex without ignore_merges).
+TEST(TokenizerFamilies, Llama3AsSmaugBpe) {
+  Family f;
+  f.name = "llama3_smaug";
+  f.src = tok_dir() + "/llama3";
+  f.model_type = "llama";
+  f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", 128001}};
+  f.gguf_edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "smaug-bpe"); };
+  f.want_model = "gpt2";
+  f.want_pre = "smaug-bpe";
+  f.hf_vs_llamacpp = {{"khmer_vietnamese", "\"Việt\" is a token that BPE merges do not reach; tokenizer.json has "
+                                           "ignore_merges (so has llama.cpp's llama-bpe), smaug-bpe does not"}};
+  check_family(f);
+}
+
+// llama.cpp's "default" BPE pre-tokenizer (what it uses for old files) on the GPT-2 vocabulary:
+// lowrank must tokenize exactly as llama.cpp; HF's GPT-2 pre-tokenizer differs by design.
+TEST(TokenizerFamilies, Gpt2WithDefaultPre) {
+  Family f;
+  f.name = "gpt2_default";
+  f.src = fixtures_dir() + "/tiny-gpt2/model";
+  f.model_type = "gpt2";
+  f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
+  f.gguf_edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "default"); };
+  f.want_model = "gpt2";
+  f.want_pre = "default";
+  f.cross_check = false;
   check_family(f);
 }
 

@@ -1,5 +1,6 @@
 // Internal representation of a loaded tokenizer (see tokenizer.h for the public API).
 #pragma once
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -118,6 +119,13 @@ struct BpeModel {
   std::string prefix;  // continuing_subword_prefix
   std::string suffix;  // end_of_word_suffix
   bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
+  // llama.cpp vocabularies: merges work on strings, so a merge's parts and result need not be
+  // tokens; such strings get ids >= virtual_base (virtual_ids). A piece that is not a token at
+  // the end (a virtual id, or a character outside the vocabulary: id -1) becomes its bytes:
+  // <0xXX> tokens, or with late_fallback_raw the one-byte tokens (byte-level vocabularies).
+  bool late_fallback = false, late_fallback_raw = false;
+  int32_t virtual_base = INT32_MAX;
+  std::unordered_map<std::string, int32_t> virtual_ids;
   int32_t byte_ids[256];  // ids of "<0xXX>" tokens, -1 when absent
   int32_t single_byte_ids[128];  // ids of one-character ASCII tokens (no prefix/suffix), -1 absent
 

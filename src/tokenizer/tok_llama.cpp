@@ -307,7 +307,8 @@ Tokenizer Tokenizer::from_llama_vocab(LlamaVocab v) {
     tok::BpeModel& m = im->bpe;
     m.vocab = &im->model_vocab;
     m.ignore_merges = pre->ignore_merges;
-    m.byte_fallback = !pre->byte_encode;
+    m.late_fallback = true;
+    m.late_fallback_raw = pre->byte_encode;
     for (int b = 0; b < 256; b++) {
       char name[8];
       snprintf(name, sizeof(name), "<0x%02X>", b);
@@ -319,21 +320,27 @@ Tokenizer Tokenizer::from_llama_vocab(LlamaVocab v) {
       m.single_byte_ids[c] = it == im->model_vocab.end() ? -1 : it->second;
     }
     // Merges "left right" (split at the first space after the first byte, as llama.cpp does).
+    // Strings that are not tokens (llama.cpp merges by text: e.g. Gemma's "▁▁" pieces, whose
+    // user-defined tokens the converter renamed to spaces) get ids past the vocabulary.
+    m.virtual_base = int32_t(n);
+    auto id_of = [&](const std::string& t) {
+      auto it = im->model_vocab.find(t);
+      if (it != im->model_vocab.end()) return it->second;
+      auto [vit, fresh] = m.virtual_ids.emplace(t, int32_t(n + m.virtual_ids.size()));
+      if (fresh && size_t(vit->second) >= (size_t(1) << 30)) fail(src, ": tokenizer.ggml.merges is too large");
+      return vit->second;
+    };
     std::vector<std::pair<uint64_t, std::pair<int32_t, int32_t>>> entries;
     entries.reserve(v.merges.size());
     for (size_t r = 0; r < v.merges.size(); r++) {
       const std::string& w = v.merges[r];
       size_t sp = w.size() > 1 ? w.find(' ', 1) : std::string::npos;
-      if (sp == std::string::npos) fail(src, ": tokenizer.ggml.merges[", r, "] = \"", w, "\" has no space");
+      // llama.cpp keeps such an entry as the pair ("", ""), which never matches.
+      if (sp == std::string::npos) continue;
       std::string a = w.substr(0, sp), b = w.substr(sp + 1);
-      auto ia = im->model_vocab.find(a), ib = im->model_vocab.find(b), ic = im->model_vocab.find(a + b);
-      // A merge whose parts or result are not tokens would make llama.cpp produce pieces that
-      // are not in the vocabulary (it then falls back to bytes); no real vocabulary has one.
-      if (ia == im->model_vocab.end() || ib == im->model_vocab.end() || ic == im->model_vocab.end())
-        fail(src, ": tokenizer.ggml.merges[", r, "] = \"", w, "\": ",
-             ia == im->model_vocab.end() ? "\"" + a + "\"" : ib == im->model_vocab.end() ? "\"" + b + "\"" : "\"" + a + b + "\"",
-             " is not a token");
-      entries.push_back({(uint64_t(uint32_t(ia->second)) << 32) | uint32_t(ib->second), {int32_t(r), ic->second}});
+      if (a.empty() || b.empty()) continue;
+      int32_t ia = id_of(a), ib = id_of(b), ic = id_of(a + b);
+      entries.push_back({(uint64_t(uint32_t(ia)) << 32) | uint32_t(ib), {int32_t(r), ic}});
     }
     // The first rank of a pair wins (llama.cpp's bpe_ranks.emplace keeps the first).
     std::reverse(entries.begin(), entries.end());
