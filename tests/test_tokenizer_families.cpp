@@ -194,23 +194,32 @@ void write_vocab_gguf(const std::string& hf_dir, const std::string& model_type, 
   w.write(out);
 }
 
-struct Family {
-  std::string name;        // test-tmp folder, reference job name
-  std::string src;         // folder holding tokenizer.json (+ tokenizer_config.json)
-  std::string model_type;  // config.json model_type
-  json config;             // the rest of config.json (vocab_size, special ids)
-  std::string want_model, want_pre;  // tokenizer.ggml.model / .pre the writer must choose
+// A GGUF written from the family's HF dir, possibly edited afterwards (to check GGUFs that other
+// converters write), with what the writer must have chosen and what may legitimately differ.
+struct Variant {
+  std::string name;                           // reference job name
+  std::function<void(GgufWriter&)> edit;      // applied to the written metadata
+  std::string want_model, want_pre;           // tokenizer.ggml.model / .pre in the file
   // Texts on which llama.cpp's tokenization of the GGUF legitimately differs from HF's of
   // tokenizer.json, with the reason; checked to differ (so a change on either side shows).
   std::vector<std::pair<std::string, std::string>> hf_vs_llamacpp;
-  // Texts on which transformers.js differs from lowrank's HF tokenizer because transformers.js
-  // differs from Hugging Face's tokenizers (JavaScript regex semantics), with the reason.
-  std::vector<std::pair<std::string, std::string>> hf_vs_transformers_js;
-  std::string tokenizer_json_override;  // non-empty: write this tokenizer.json instead of linking
-  // Applied to the written GGUF metadata (to check GGUFs that other converters write).
-  std::function<void(GgufWriter&)> gguf_edit;
   bool cross_check = true;  // false: the edited GGUF is not meant to match HF's tokenization
 };
+
+struct Family {
+  std::string name;        // test-tmp folder
+  std::string src;         // folder holding tokenizer.json (+ tokenizer_config.json)
+  std::string model_type;  // config.json model_type
+  json config;             // the rest of config.json (vocab_size, special ids)
+  std::string tokenizer_json_override;  // non-empty: write this tokenizer.json instead of linking
+  std::vector<Variant> variants;        // the first: lowrank's writer as it is
+};
+
+std::string reason_for(const std::vector<std::pair<std::string, std::string>>& list, const std::string& name) {
+  for (const auto& [n, r] : list)
+    if (n == name) return r;
+  return "";
+}
 
 // Whether a decoded text holds what the references' space clean-up would change
 // (" ." " ?" " !" " ," and " '").
@@ -226,12 +235,14 @@ bool has_special_text(const Tokenizer& t, const Ids& ids) {
   return false;
 }
 
-std::string reason_for(const std::vector<std::pair<std::string, std::string>>& list, const std::string& name) {
-  for (const auto& [n, r] : list)
-    if (n == name) return r;
-  return "";
+std::string names(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& n : v) s += " " + n;
+  return s.empty() ? " none" : s;
 }
 
+// Loads the HF tokenizer once, writes and loads each variant's GGUF, gets every reference in one
+// run of scripts/tokenizer_reference.mjs, then compares text by text.
 void check_family(const Family& fam) {
   if (!fs::exists(fam.src + "/tokenizer.json")) GTEST_SKIP() << fam.src << "/tokenizer.json is missing (scripts/fetch-tokenizers)";
   if (std::string m = missing_reference_tools(); !m.empty()) GTEST_SKIP() << m;
@@ -247,101 +258,113 @@ void check_family(const Family& fam) {
 
   auto t0 = std::chrono::steady_clock::now();
   Tokenizer hf = Tokenizer::from_hf_dir(hf_dir);
-  const double t_hf = seconds_since(t0);
-  const std::string gguf = work + "/vocab.gguf";
-  t0 = std::chrono::steady_clock::now();
-  write_vocab_gguf(hf_dir, fam.model_type, gguf, fam.gguf_edit);
-  const double t_write = seconds_since(t0);
-  t0 = std::chrono::steady_clock::now();
-  GgufFile gf = GgufFile::open(gguf);
-  Tokenizer gg = gguf_tokenizer(gf);
-  const double t_gguf = seconds_since(t0);
-  std::printf("[ %-9s ] load tokenizer.json %.2f s, write GGUF %.2f s, load GGUF %.2f s\n", fam.name.c_str(), t_hf,
-              t_write, t_gguf);
-  EXPECT_EQ(gf.get_string("tokenizer.ggml.model", ""), fam.want_model);
-  EXPECT_EQ(gf.get_string("tokenizer.ggml.pre", ""), fam.want_pre);
+  std::printf("[ %-12s ] load tokenizer.json %.2f s\n", fam.name.c_str(), seconds_since(t0));
+  std::vector<std::string> paths;
+  std::vector<GgufFile> files;
+  std::vector<Tokenizer> ggufs;
+  for (const Variant& v : fam.variants) {
+    paths.push_back(work + "/" + v.name + ".gguf");
+    t0 = std::chrono::steady_clock::now();
+    write_vocab_gguf(hf_dir, fam.model_type, paths.back(), v.edit);
+    const double t_write = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    files.push_back(GgufFile::open(paths.back()));
+    ggufs.push_back(gguf_tokenizer(files.back()));
+    std::printf("[ %-12s ] write GGUF %.2f s, load GGUF %.2f s\n", v.name.c_str(), t_write, seconds_since(t0));
+    EXPECT_EQ(files.back().get_string("tokenizer.ggml.model", ""), v.want_model) << v.name;
+    EXPECT_EQ(files.back().get_string("tokenizer.ggml.pre", ""), v.want_pre) << v.name;
+  }
 
   const std::vector<Text> texts = family_texts();
   json req;
   req["texts"] = json::array();
   for (const Text& t : texts) req["texts"].push_back(t.text);
-  req["llama"] = json::array({{{"name", fam.name}, {"gguf", gguf}}});
+  req["llama"] = json::array();
+  for (size_t k = 0; k < fam.variants.size(); k++) req["llama"].push_back({{"name", fam.variants[k].name}, {"gguf", paths[k]}});
   req["hf"] = json::array({{{"name", fam.name}, {"dir", hf_dir}}});
   json ref = run_reference(req, work);
   if (ref.is_null()) return;
-  const json& lr = ref["llama"][fam.name];
   const json& hr = ref["hf"][fam.name];
 
-  int n_llama = 0, n_hf = 0, n_cross = 0, n_roundtrip = 0, n_detok = 0, n_decode = 0;
-  // llama.cpp cleans up detokenized spaces for BPE vocabularies except these pre-tokenizers;
-  // transformers.js when clean_up_tokenization_spaces is not false.
-  const std::string pre_name = gf.get_string("tokenizer.ggml.pre", "");
-  const bool llama_cleans = fam.want_model == "gpt2" && pre_name != "qwen2" && pre_name != "smollm";
-  bool js_cleans = true;
+  // HF dir: lowrank == transformers.js (ids with and without special tokens, decode).
+  bool js_cleans = true;  // transformers.js cleans up spaces unless the config says not to
   if (fs::exists(hf_dir + "/tokenizer_config.json")) {
     json tc = json::parse(read_file(hf_dir + "/tokenizer_config.json"));
     if (tc.contains("clean_up_tokenization_spaces") && tc["clean_up_tokenization_spaces"].is_boolean())
       js_cleans = tc["clean_up_tokenization_spaces"].get<bool>();
   }
-  std::vector<std::string> crossed, js_differ;
+  std::vector<Ids> hf_ids;
+  int n_hf = 0, n_decode = 0;
   for (size_t i = 0; i < texts.size(); i++) {
-    const Text& t = texts[i];
-    SCOPED_TRACE(fam.name + " text \"" + t.name + "\"");
-    // GGUF: lowrank == llama.cpp, with and without the special tokens.
-    const Ids llama_ids = ids_of(lr["ids"][i]);
-    const Ids g = gg.encode(t.text, false);
-    if (std::string d = diff(g, llama_ids); d.empty()) n_llama++;
-    else ADD_FAILURE() << "GGUF: lowrank vs llama.cpp: " << d;
-    EXPECT_EQ(gg.encode(t.text, true), with_special(lr, llama_ids));
-    // HF dir: lowrank == transformers.js, unless transformers.js is known to differ from HF.
-    const Ids h = hf.encode(t.text, false);
-    const Ids js = ids_of(hr["ids"][i]);
-    const std::string js_reason = reason_for(fam.hf_vs_transformers_js, t.name);
-    if (js_reason.empty()) {
-      if (std::string d = diff(h, js); d.empty()) n_hf++;
-      else ADD_FAILURE() << "HF dir: lowrank vs transformers.js: " << d;
-      EXPECT_EQ(hf.encode(t.text, true), ids_of(hr["ids_special"][i]));
-    } else {
-      EXPECT_NE(h, js) << "transformers.js no longer differs here (" << js_reason << "): drop the exception";
-      js_differ.push_back(t.name);
-    }
-    // The two sides agree, except where HF and llama.cpp legitimately differ.
-    const std::string why = reason_for(fam.hf_vs_llamacpp, t.name);
-    if (!fam.cross_check) {
-      if (h != llama_ids) crossed.push_back(t.name);
-    } else if (why.empty()) {
-      if (std::string d = diff(h, llama_ids); d.empty()) n_cross++;
-      else ADD_FAILURE() << "HF dir vs GGUF (llama.cpp): " << d;
-      EXPECT_EQ(hf.encode(t.text, true), with_special(lr, llama_ids));
-    } else {
-      EXPECT_NE(h, llama_ids) << "HF and llama.cpp no longer differ here (" << why << "): drop the exception";
-      crossed.push_back(t.name);
-    }
-    // Decoding: the GGUF tokenizer gives the text back, except that SentencePiece with a space
-    // prefix puts a space after each special token (llama.cpp and HF do the same).
-    const std::string back = gg.decode(g);
-    const bool spm_prefix = fam.want_model == "llama" && gf.get_bool("tokenizer.ggml.add_space_prefix", true);
-    if (back == t.text) n_roundtrip++;
-    else if (!(spm_prefix && has_special_text(gg, g))) ADD_FAILURE() << "GGUF decode(encode(text)) = \"" << back << "\"";
-    // The references' decoders, where their clean-up of spaces before punctuation
-    // (llama.cpp's clean_spaces, transformers' clean_up_tokenization_spaces) leaves the text alone.
-    if (!(llama_cleans && cleanup_sensitive(back))) {
-      EXPECT_EQ(back, lr["detok"][i].get<std::string>()) << "lowrank's GGUF decode vs llama.cpp's detokenize";
-      n_detok++;
-    }
-    if (!(js_cleans && cleanup_sensitive(hf.decode(h)))) {
-      EXPECT_EQ(hf.decode(h), hr["decoded"][i].get<std::string>()) << "lowrank's HF decode vs transformers.js";
+    SCOPED_TRACE(fam.name + " text \"" + texts[i].name + "\"");
+    hf_ids.push_back(hf.encode(texts[i].text, false));
+    if (std::string d = diff(hf_ids.back(), ids_of(hr["ids"][i])); d.empty()) n_hf++;
+    else ADD_FAILURE() << "HF dir: lowrank vs transformers.js: " << d;
+    EXPECT_EQ(hf.encode(texts[i].text, true), ids_of(hr["ids_special"][i]));
+    const std::string dec = hf.decode(hf_ids.back());
+    if (!(js_cleans && cleanup_sensitive(dec))) {
+      EXPECT_EQ(dec, hr["decoded"][i].get<std::string>()) << "lowrank's HF decode vs transformers.js";
       n_decode++;
     }
   }
-  std::string c, j;
-  for (const auto& n : crossed) c += " " + n;
-  for (const auto& n : js_differ) j += " " + n;
-  std::printf("[ %-9s ] %zu texts: GGUF == llama.cpp %d, HF == transformers.js %d, HF == llama.cpp %d, "
-              "GGUF round trip %d, decode compared with llama.cpp %d / transformers.js %d; HF and llama.cpp "
-              "differ (expected):%s; transformers.js differs (expected):%s\n",
-              fam.name.c_str(), texts.size(), n_llama, n_hf, n_cross, n_roundtrip, n_detok, n_decode,
-              c.empty() ? " none" : c.c_str(), j.empty() ? " none" : j.c_str());
+  std::printf("[ %-12s ] %zu texts: HF dir == transformers.js %d, decode compared %d\n", fam.name.c_str(),
+              texts.size(), n_hf, n_decode);
+
+  for (size_t k = 0; k < fam.variants.size(); k++) {
+    const Variant& v = fam.variants[k];
+    const Tokenizer& gg = ggufs[k];
+    const json& lr = ref["llama"][v.name];
+    const std::string pre_name = files[k].get_string("tokenizer.ggml.pre", "");
+    // llama.cpp cleans up detokenized spaces for BPE vocabularies except these pre-tokenizers.
+    const bool llama_cleans = v.want_model == "gpt2" && pre_name != "qwen2" && pre_name != "smollm";
+    const bool spm_prefix = v.want_model == "llama" && files[k].get_bool("tokenizer.ggml.add_space_prefix", true);
+    int n_llama = 0, n_cross = 0, n_roundtrip = 0, n_detok = 0;
+    std::vector<std::string> crossed;
+    for (size_t i = 0; i < texts.size(); i++) {
+      const Text& t = texts[i];
+      SCOPED_TRACE(v.name + " text \"" + t.name + "\"");
+      // GGUF: lowrank == llama.cpp, with and without the special tokens.
+      const Ids llama_ids = ids_of(lr["ids"][i]);
+      const Ids g = gg.encode(t.text, false);
+      if (std::string d = diff(g, llama_ids); d.empty()) n_llama++;
+      else ADD_FAILURE() << "GGUF: lowrank vs llama.cpp: " << d;
+      EXPECT_EQ(gg.encode(t.text, true), with_special(lr, llama_ids));
+      // The two sides agree, except where HF and llama.cpp legitimately differ.
+      const std::string why = reason_for(v.hf_vs_llamacpp, t.name);
+      if (!v.cross_check) {
+        if (hf_ids[i] != llama_ids) crossed.push_back(t.name);
+      } else if (why.empty()) {
+        if (std::string d = diff(hf_ids[i], llama_ids); d.empty()) n_cross++;
+        else ADD_FAILURE() << "HF dir vs GGUF (llama.cpp): " << d;
+        EXPECT_EQ(hf.encode(t.text, true), with_special(lr, llama_ids));
+      } else {
+        EXPECT_NE(hf_ids[i], llama_ids) << "HF and llama.cpp no longer differ here (" << why << "): drop the exception";
+        crossed.push_back(t.name);
+      }
+      // Decoding: the GGUF tokenizer gives the text back, except that SentencePiece with a
+      // space prefix puts a space after each special token (llama.cpp and HF do the same); and
+      // it equals llama.cpp's detokenize where llama.cpp's space clean-up leaves the text alone.
+      const std::string back = gg.decode(g);
+      if (back == t.text) n_roundtrip++;
+      else if (!(spm_prefix && has_special_text(gg, g))) ADD_FAILURE() << "GGUF decode(encode(text)) = \"" << back << "\"";
+      if (!(llama_cleans && cleanup_sensitive(back))) {
+        EXPECT_EQ(back, lr["detok"][i].get<std::string>()) << "lowrank's GGUF decode vs llama.cpp's detokenize";
+        n_detok++;
+      }
+    }
+    std::printf("[ %-12s ] %zu texts: GGUF == llama.cpp %d, HF dir == llama.cpp %d, GGUF round trip %d, decode "
+                "compared with llama.cpp %d; HF and llama.cpp differ%s:%s\n",
+                v.name.c_str(), texts.size(), n_llama, n_cross, n_roundtrip, n_detok,
+                v.cross_check ? " (expected)" : " (not compared)", names(crossed).c_str());
+  }
+}
+
+Variant plain(const std::string& name, const std::string& model, const std::string& pre) {
+  Variant v;
+  v.name = name;
+  v.want_model = model;
+  v.want_pre = pre;
+  return v;
 }
 
 }  // namespace
@@ -352,8 +375,14 @@ TEST(TokenizerFamilies, Llama3) {
   f.src = tok_dir() + "/llama3";
   f.model_type = "llama";
   f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", 128001}};
-  f.want_model = "gpt2";
-  f.want_pre = "llama-bpe";
+  f.variants.push_back(plain("llama3", "gpt2", "llama-bpe"));
+  // As llama.cpp's converter labels this tokenizer.json: its pre-tokenizer hash is
+  // Smaug-Llama-3's, the Llama-3 regex without ignore_merges.
+  Variant smaug = plain("llama3_smaug", "gpt2", "smaug-bpe");
+  smaug.edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "smaug-bpe"); };
+  smaug.hf_vs_llamacpp = {{"khmer_vietnamese", "\"Việt\" is a token that BPE merges do not reach; tokenizer.json has "
+                                               "ignore_merges (so has llama.cpp's llama-bpe), smaug-bpe does not"}};
+  f.variants.push_back(smaug);
   check_family(f);
 }
 
@@ -363,8 +392,7 @@ TEST(TokenizerFamilies, Llama31) {
   f.src = tok_dir() + "/llama3_1";
   f.model_type = "llama";
   f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", json::array({128001, 128008, 128009})}};
-  f.want_model = "gpt2";
-  f.want_pre = "llama-bpe";
+  f.variants.push_back(plain("llama3_1", "gpt2", "llama-bpe"));
   check_family(f);
 }
 
@@ -374,12 +402,12 @@ TEST(TokenizerFamilies, Qwen3) {
   f.src = tok_dir() + "/qwen3";
   f.model_type = "qwen3";
   f.config = {{"vocab_size", 151936}, {"bos_token_id", 151643}, {"eos_token_id", 151645}};
-  f.want_model = "gpt2";
-  f.want_pre = "qwen2";
-  f.hf_vs_llamacpp = {
+  Variant v = plain("qwen3", "gpt2", "qwen2");
+  v.hf_vs_llamacpp = {
       {"nfd_accents", "tokenizer.json normalizes to NFC first; llama.cpp has no normalizer for BPE vocabularies"},
       {"spm_specials", "llama.cpp treats the plain token \"</s>\" (id 128247) as an end-of-generation control "
                        "token by its text, so it is cut out of the input; for HF it is ordinary text"}};
+  f.variants.push_back(v);
   check_family(f);
 }
 
@@ -389,23 +417,13 @@ TEST(TokenizerFamilies, Gemma3) {
   f.src = tok_dir() + "/gemma3";
   f.model_type = "gemma3";
   f.config = {{"vocab_size", 262208}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"pad_token_id", 0}};
-  f.want_model = "llama";
-  f.want_pre = "default";
-  check_family(f);
-}
-
-// Gemma-3's tokenizer.json as llama.cpp's converter writes it when there is no tokenizer.model:
-// a BPE vocabulary ("gpt2") whose pre-tokenizer hash names granite-embed-multi-311m (llama.cpp's
-// Gemma-4 style: "▁" for spaces, split at newlines, <0xXX> byte fallback, BOS forced on).
-TEST(TokenizerFamilies, Gemma3AsLlamaCppBpe) {
-  Family f;
-  f.name = "gemma3_bpe";
-  f.src = tok_dir() + "/gemma3";
-  if (!fs::exists(f.src + "/tokenizer.json")) GTEST_SKIP() << f.src << "/tokenizer.json is missing (scripts/fetch-tokenizers)";
-  f.model_type = "gemma3";
-  f.config = {{"vocab_size", 262208}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"pad_token_id", 0}};
+  f.variants.push_back(plain("gemma3", "llama", "default"));
+  // As llama.cpp's converter writes it when there is no tokenizer.model: a BPE vocabulary whose
+  // pre-tokenizer hash names granite-embed-multi-311m (llama.cpp's Gemma-4 style: "▁" for spaces,
+  // split at newlines, <0xXX> byte fallback, BOS forced on).
+  Variant bpe = plain("gemma3_bpe", "gpt2", "granite-embed-multi-311m");
   const std::string src = f.src;
-  f.gguf_edit = [src](GgufWriter& w) {
+  bpe.edit = [src](GgufWriter& w) {
     json tj = json::parse(read_file(src + "/tokenizer.json"));
     std::vector<std::string> merges;
     for (const auto& m : tj["model"]["merges"])
@@ -416,39 +434,7 @@ TEST(TokenizerFamilies, Gemma3AsLlamaCppBpe) {
     w.remove("tokenizer.ggml.add_space_prefix");
     w.set_string_array("tokenizer.ggml.merges", merges);
   };
-  f.want_model = "gpt2";
-  f.want_pre = "granite-embed-multi-311m";
-  check_family(f);
-}
-
-// The Llama-3 tokenizer labelled as llama.cpp's converter labels this tokenizer.json (its
-// pre-tokenizer hash is Smaug-Llama-3's: the Llama-3 regex without ignore_merges).
-TEST(TokenizerFamilies, Llama3AsSmaugBpe) {
-  Family f;
-  f.name = "llama3_smaug";
-  f.src = tok_dir() + "/llama3";
-  f.model_type = "llama";
-  f.config = {{"vocab_size", 128256}, {"bos_token_id", 128000}, {"eos_token_id", 128001}};
-  f.gguf_edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "smaug-bpe"); };
-  f.want_model = "gpt2";
-  f.want_pre = "smaug-bpe";
-  f.hf_vs_llamacpp = {{"khmer_vietnamese", "\"Việt\" is a token that BPE merges do not reach; tokenizer.json has "
-                                           "ignore_merges (so has llama.cpp's llama-bpe), smaug-bpe does not"}};
-  check_family(f);
-}
-
-// llama.cpp's "default" BPE pre-tokenizer (what it uses for old files) on the GPT-2 vocabulary:
-// lowrank must tokenize exactly as llama.cpp; HF's GPT-2 pre-tokenizer differs by design.
-TEST(TokenizerFamilies, Gpt2WithDefaultPre) {
-  Family f;
-  f.name = "gpt2_default";
-  f.src = fixtures_dir() + "/tiny-gpt2/model";
-  f.model_type = "gpt2";
-  f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
-  f.gguf_edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "default"); };
-  f.want_model = "gpt2";
-  f.want_pre = "default";
-  f.cross_check = false;
+  f.variants.push_back(bpe);
   check_family(f);
 }
 
@@ -458,8 +444,7 @@ TEST(TokenizerFamilies, Mistral) {
   f.src = fixtures_dir() + "/tiny-llama/model";
   f.model_type = "mistral";
   f.config = {{"vocab_size", 32000}, {"bos_token_id", 1}, {"eos_token_id", 2}};
-  f.want_model = "llama";
-  f.want_pre = "default";
+  f.variants.push_back(plain("mistral", "llama", "default"));
   check_family(f);
 }
 
@@ -469,8 +454,13 @@ TEST(TokenizerFamilies, Gpt2) {
   f.src = fixtures_dir() + "/tiny-gpt2/model";
   f.model_type = "gpt2";
   f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
-  f.want_model = "gpt2";
-  f.want_pre = "gpt-2";
+  f.variants.push_back(plain("gpt2", "gpt2", "gpt-2"));
+  // llama.cpp's "default" BPE pre-tokenizer (what it uses for old files): lowrank must tokenize
+  // exactly as llama.cpp; HF's GPT-2 pre-tokenizer differs by design.
+  Variant def = plain("gpt2_default", "gpt2", "default");
+  def.edit = [](GgufWriter& w) { w.set_string("tokenizer.ggml.pre", "default"); };
+  def.cross_check = false;
+  f.variants.push_back(def);
   check_family(f);
 }
 
@@ -489,8 +479,7 @@ TEST(TokenizerFamilies, SmolLM) {
   f.tokenizer_json_override = tj.dump();
   f.model_type = "llama";
   f.config = {{"vocab_size", 50257}, {"bos_token_id", 50256}, {"eos_token_id", 50256}};
-  f.want_model = "gpt2";
-  f.want_pre = "smollm";
+  f.variants.push_back(plain("smollm", "gpt2", "smollm"));
   check_family(f);
 }
 
