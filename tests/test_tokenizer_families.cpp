@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <memory>
@@ -29,6 +30,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -695,5 +697,175 @@ TEST(TokenizerFamilies, ChatTemplates) {
     }
     std::printf("[ chat      ] %-42s %d of %zu conversations rendered identically, %d refused by the template on both sides\n",
                 t.name.c_str(), same, convs.size(), both_refuse);
+  }
+}
+
+namespace {
+
+// A Llama-style tokenizer.json built from a SentencePiece GGUF the way transformers'
+// LlamaConverter builds it from tokenizer.model: every piece, and as merges every split of a
+// piece into two pieces, ordered by the piece's SentencePiece score (highest first; ties in id
+// order, splits by the ids of their parts) - SentencePieceExtractor.extract.
+json tokenizer_json_from_spm(const GgufFile& f, const std::vector<json>& added) {
+  const auto toks = f.get_string_array("tokenizer.ggml.tokens");
+  const auto scores = f.get_float_array("tokenizer.ggml.scores");
+  const auto types = f.get_int_array("tokenizer.ggml.token_type");
+  std::unordered_map<std::string, int32_t> id;
+  const size_t n_pieces = 32000;  // the SentencePiece model's pieces (Phi-3 appends added tokens)
+  for (size_t i = 0; i < n_pieces; i++) id[toks[i]] = int32_t(i);
+  struct M {
+    float score;
+    size_t order;
+    std::string l, r;
+  };
+  std::vector<M> merges;
+  for (size_t i = 0; i < n_pieces; i++) {
+    const std::string& p = toks[i];
+    std::vector<std::pair<std::pair<int32_t, int32_t>, std::pair<std::string, std::string>>> local;
+    for (size_t k = 1; k < p.size(); k++) {
+      if ((static_cast<unsigned char>(p[k]) & 0xC0) == 0x80) continue;  // split at code points
+      auto a = id.find(p.substr(0, k)), b = id.find(p.substr(k));
+      if (a != id.end() && b != id.end()) local.push_back({{a->second, b->second}, {a->first, b->first}});
+    }
+    std::sort(local.begin(), local.end());
+    for (auto& [ids, lr] : local) merges.push_back({scores[i], merges.size(), lr.first, lr.second});
+  }
+  std::stable_sort(merges.begin(), merges.end(), [](const M& a, const M& b) { return a.score > b.score; });
+  json vocab = json::object();
+  for (size_t i = 0; i < n_pieces; i++) vocab[toks[i]] = i;
+  json m = json::array();
+  for (const M& x : merges) m.push_back(json::array({x.l, x.r}));
+  json tj;
+  tj["version"] = "1.0";
+  tj["added_tokens"] = added;
+  tj["normalizer"] = {{"type", "Sequence"},
+                      {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                                                   {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}};
+  tj["pre_tokenizer"] = nullptr;
+  tj["post_processor"] = {{"type", "TemplateProcessing"},
+                          {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                          {"pair", json::array()},
+                          {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}};
+  tj["decoder"] = {{"type", "Sequence"},
+                   {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+                                             {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
+                                             {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  tj["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"fuse_unk", true},
+                 {"byte_fallback", true}, {"ignore_merges", false}, {"vocab", vocab}, {"merges", m}};
+  (void)types;
+  return tj;
+}
+
+json added_token(int id, const std::string& content, bool special, bool rstrip) {
+  return {{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false}, {"rstrip", rstrip},
+          {"normalized", false}, {"special", special}};
+}
+
+}  // namespace
+
+// lowrank's SentencePiece scores (from merge ranks) against the real ones: Llama-2's and Phi-3's
+// tokenizer.json rebuilt from llama.cpp's GGUFs of their tokenizer.model (checked against the
+// ids Hugging Face gave, the .out files), written by lowrank's writer, tokenize in llama.cpp
+// exactly as the GGUFs with the real SentencePiece scores do.
+TEST(TokenizerFamilies, SentencePieceScoresFromMerges) {
+  for (const char* n : {"llama-spm", "phi-3"})
+    if (!fs::exists(llamacpp_vocab_dir() + "/ggml-vocab-" + n + ".gguf"))
+      GTEST_SKIP() << llamacpp_vocab_dir() << "/ggml-vocab-" << n << ".gguf is missing (scripts/fetch-tokenizers)";
+  if (std::string m = missing_reference_tools(); !m.empty()) GTEST_SKIP() << m;
+  const std::string work = temp_dir("families-spm-scores");
+  std::vector<Text> texts;
+  std::vector<Ids> unused;
+  ASSERT_TRUE(read_inp_out(llamacpp_vocab_dir() + "/ggml-vocab-llama-spm.gguf", texts, unused));
+  const size_t n_inp = texts.size();
+  for (const Text& t : family_texts()) texts.push_back(t);
+  texts.push_back({"phi3_chat", "<|system|>\nBe brief.<|end|>\n<|user|>\n  Hi there<|end|>\n<|assistant|>\n Hello!<|end|>"});
+
+  json req;
+  req["texts"] = json::array();
+  for (const Text& t : texts) req["texts"].push_back(t.text);
+  req["llama"] = json::array();
+  struct Case {
+    std::string name, model_type;
+    std::vector<Ids> hf_out;
+    std::string real, mine;
+  };
+  std::vector<Case> cases;
+  for (const std::string n : {"llama-spm", "phi-3"}) {
+    Case c;
+    c.name = n;
+    c.model_type = n == "phi-3" ? "phi3" : "llama";
+    c.real = llamacpp_vocab_dir() + "/ggml-vocab-" + n + ".gguf";
+    std::vector<Text> vt;
+    ASSERT_TRUE(read_inp_out(c.real, vt, c.hf_out));
+    GgufFile real = GgufFile::open(c.real);
+    const auto toks = real.get_string_array("tokenizer.ggml.tokens");
+    const auto types = real.get_int_array("tokenizer.ggml.token_type");
+    // Added tokens as in the models' tokenizer.json: <unk> <s> </s>, and Phi-3's chat tokens,
+    // which swallow the whitespace after them (rstrip), as llama.cpp's Phi-3 rule assumes.
+    std::vector<json> added = {added_token(0, "<unk>", true, false), added_token(1, "<s>", true, false),
+                               added_token(2, "</s>", c.name == "llama-spm", c.name == "phi-3")};
+    for (size_t i = 32000; i < toks.size(); i++)
+      if (toks[i].rfind("[PAD", 0) != 0)
+        added.push_back(added_token(int(i), toks[i], types[i] == 3, toks[i] != "<|endoftext|>"));
+    const std::string hf_dir = work + "/" + n;
+    fs::create_directories(hf_dir);
+    std::ofstream(hf_dir + "/tokenizer.json") << tokenizer_json_from_spm(real, added).dump();
+    json tc = {{"bos_token", "<s>"}, {"eos_token", c.name == "phi-3" ? "<|endoftext|>" : "</s>"}, {"unk_token", "<unk>"},
+               {"add_bos_token", true}, {"add_eos_token", false}};
+    std::ofstream(hf_dir + "/tokenizer_config.json") << tc.dump();
+    std::ofstream(hf_dir + "/config.json") << json({{"model_type", c.model_type}, {"vocab_size", toks.size()}}).dump();
+    // The rebuilt tokenizer.json is Hugging Face's: same ids as HF gave for llama.cpp's texts.
+    Tokenizer hf = Tokenizer::from_hf_dir(hf_dir);
+    int same = 0;
+    for (size_t i = 0; i < n_inp; i++) same += hf.encode(texts[i].text, false) == c.hf_out[i];
+    EXPECT_EQ(same, int(n_inp)) << n << ": the rebuilt tokenizer.json does not tokenize as Hugging Face did";
+    // lowrank's writer; general.name as llama.cpp's converter sets it for Phi-3 (its Phi-3 rule).
+    GgufWriter w;
+    w.set_string("general.architecture", "llama");
+    w.set_string("general.name", c.name == "phi-3" ? "Phi3" : "llama-spm");
+    for (const auto& [k, v] : real.metadata())
+      if (k.rfind("llama.", 0) == 0) w.set_raw(k, v);
+    w.set_u32("llama.context_length", 4096);
+    w.set_u32("llama.embedding_length", 64);
+    w.set_u32("llama.block_count", 1);
+    w.set_u32("llama.feed_forward_length", 128);
+    w.set_u32("llama.attention.head_count", 1);
+    w.set_u32("llama.attention.head_count_kv", 1);
+    w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gguf_write_tokenizer(w, hf_dir, c.model_type);
+    c.mine = work + "/" + n + "-lowrank.gguf";
+    w.write(c.mine);
+    GgufFile mine = GgufFile::open(c.mine);
+    EXPECT_EQ(mine.get_string_array("tokenizer.ggml.tokens"), toks);
+    const auto my_types = mine.get_int_array("tokenizer.ggml.token_type");
+    int type_diff = 0;
+    for (size_t i = 0; i < toks.size(); i++) type_diff += my_types[i] != types[i];
+    std::printf("[ %-9s ] lowrank's GGUF: %zu tokens as llama.cpp's converter, %d token types differ "
+                "(<unk> control instead of unknown, padding unused instead of unknown); %d of %zu HF ids reproduced\n",
+                n.c_str(), toks.size(), type_diff, same, n_inp);
+    req["llama"].push_back({{"name", n + "-real"}, {"gguf", c.real}});
+    req["llama"].push_back({{"name", n + "-lowrank"}, {"gguf", c.mine}});
+    cases.push_back(c);
+  }
+  json ref = run_reference(req, work);
+  if (ref.is_null()) return;
+  for (const Case& c : cases) {
+    const json& a = ref["llama"][c.name + "-real"];
+    const json& b = ref["llama"][c.name + "-lowrank"];
+    Tokenizer mine = gguf_tokenizer(c.mine);
+    Tokenizer hf = Tokenizer::from_hf_dir(work + "/" + c.name);
+    int same = 0, hf_same = 0;
+    for (size_t i = 0; i < texts.size(); i++) {
+      SCOPED_TRACE(c.name + " text " + texts[i].name);
+      const Ids ra = ids_of(a["ids"][i]), rb = ids_of(b["ids"][i]);
+      if (std::string d = diff(rb, ra); d.empty()) same++;
+      else ADD_FAILURE() << "llama.cpp on lowrank's GGUF vs on the converter's: " << d;
+      EXPECT_EQ(mine.encode(texts[i].text, false), rb) << "lowrank vs llama.cpp on lowrank's GGUF";
+      if (std::string d = diff(hf.encode(texts[i].text, false), ra); d.empty()) hf_same++;
+      else ADD_FAILURE() << "lowrank's HF tokenizer vs llama.cpp: " << d;
+    }
+    std::printf("[ %-9s ] %zu texts: llama.cpp tokenizes lowrank's GGUF (scores from merge ranks) as the converter's "
+                "(real SentencePiece scores) on %d; lowrank's HF-dir tokenizer == llama.cpp on %d\n", c.name.c_str(),
+                texts.size(), same, hf_same);
   }
 }
