@@ -274,9 +274,12 @@ Tokenizer Tokenizer::from_llama_vocab(LlamaVocab v) {
   for (size_t i = 0; i < n; i++) {
     // llama.cpp renames empty tokens; invalid UTF-8 cannot be matched by any text anyway.
     if (v.tokens[i].empty()) v.tokens[i] = "[EMPTY_" + std::to_string(i) + "]";
-    if (!tok::is_valid_utf8(v.tokens[i])) v.tokens[i] = tok::utf8_lossy(v.tokens[i]);
+    const bool invalid = !tok::is_valid_utf8(v.tokens[i]);
+    if (invalid) v.tokens[i] = tok::utf8_lossy(v.tokens[i]);
     auto [it, fresh] = im->model_vocab.emplace(v.tokens[i], int32_t(i));
     // llama.cpp asserts that every token text is distinct (id_to_token.size() == token_to_id.size()).
+    if (!fresh && invalid)
+      fail(src, ": token ", i, " is not valid UTF-8 and reads like token ", it->second, " (not supported)");
     if (!fresh) fail(src, ": token ", i, " \"", v.tokens[i], "\" repeats token ", it->second);
   }
 
