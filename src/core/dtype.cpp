@@ -117,14 +117,24 @@ void to_f32(DType t, const void* src, float* dst, int64_t n) {
     case DType::F32:
       std::memcpy(dst, src, size_t(n) * 4);
       return;
+    // 16-bit values are loaded with memcpy: tensor data in a file may sit at an odd offset,
+    // and dereferencing a misaligned uint16_t* is undefined behaviour.
     case DType::F16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = f16_to_f32(h);
+      }
       return;
     }
     case DType::BF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = bf16_to_f32(h);
+      }
       return;
     }
     default:
