@@ -3,7 +3,6 @@
 // one line naming the file and the key (the CLI exits 2). The real vocabularies are checked
 // against llama.cpp in test_tokenizer_families.cpp.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -16,6 +15,7 @@
 
 #include "core/error.h"
 #include "fixture_util.h"
+#include "proc_util.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 #include "tokenizer/tokenizer.h"
@@ -31,12 +31,6 @@ std::string read_file(const std::string& p) {
   std::ostringstream os;
   os << f.rdbuf();
   return os.str();
-}
-
-std::string q(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 // The tiny-llama fixture's tokenizer (Mistral-7B's SentencePiece vocabulary) as a GGUF.
@@ -202,11 +196,9 @@ TEST(GgufVocab, CliRefusesUnknownPreTokenizer) {
   w.set_string("general.architecture", "llama");
   w.write(p);
   const std::string err = dir + "/stderr";
-  const std::string cmd = q(std::string(LOWRANK_BINARY_DIR) + "/lowrank") + " tokenize --model " + q(p) +
-                          " hello </dev/null >/dev/null 2>" + q(err);
-  int st = std::system(cmd.c_str());
-  ASSERT_TRUE(WIFEXITED(st));
-  EXPECT_EQ(WEXITSTATUS(st), 2);
+  const ProcResult r =
+      run_process({std::string(LOWRANK_BINARY_DIR) + "/lowrank", "tokenize", "--model", p, "hello"}, "", err, "", 60);
+  EXPECT_EQ(r.rc, 2);
   std::string e = read_file(err);
   EXPECT_EQ(std::count(e.begin(), e.end(), '\n'), 1) << e;
   EXPECT_EQ(e.rfind("lowrank: error: ", 0), 0u) << e;

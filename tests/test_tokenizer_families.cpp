@@ -35,6 +35,7 @@
 
 #include "core/error.h"
 #include "fixture_util.h"
+#include "proc_util.h"
 #include "io/gguf.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/gguf_vocab.h"
@@ -66,18 +67,14 @@ std::string node_llama_cpp_prefix() {
 }
 
 // What a reference run needs that is missing ("" when everything is there).
+bool have_node() { return run_process({"node", "--version"}, "", "").rc == 0; }
+
 std::string missing_reference_tools() {
-  if (std::system("command -v node >/dev/null 2>&1") != 0) return "Node.js (node) is not in PATH";
+  if (!have_node()) return "Node.js (node) is not in PATH";
   if (node_llama_cpp_prefix().empty()) return "node-llama-cpp is missing (scripts/fetch-node-llama-cpp)";
   if (!fs::exists(tok_dir() + "/js/node_modules/@lenml/tokenizers/package.json"))
     return "@lenml/tokenizers is missing (scripts/fetch-tokenizers)";
   return "";
-}
-
-std::string q(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 std::string read_file(const std::string& p) {
@@ -95,15 +92,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 json run_reference(const json& request, const std::string& work) {
   const std::string req = work + "/request.json", out = work + "/reference.json", log = work + "/reference.log";
   std::ofstream(req) << request.dump();
-  const std::string cmd = "node " + q(std::string(LOWRANK_SOURCE_DIR) + "/scripts/tokenizer_reference.mjs") + " " +
-                          q(req) + " > " + q(out) + " 2> " + q(log);
+  const std::string script = std::string(LOWRANK_SOURCE_DIR) + "/scripts/tokenizer_reference.mjs";
   const auto t0 = std::chrono::steady_clock::now();
-  const int st = std::system(cmd.c_str());
+  const ProcResult pr = run_process({"node", script, req}, out, log, "", 600);
   std::printf("[ reference ] %5.1f s  node scripts/tokenizer_reference.mjs\n", seconds_since(t0));
-  if (st != 0) {
+  if (pr.rc != 0) {
     std::string l = read_file(log);
     if (l.size() > 3000) l = "..." + l.substr(l.size() - 3000);
-    ADD_FAILURE() << "reference run failed (status " << st << "): " << cmd << "\n" << l;
+    ADD_FAILURE() << "reference run failed (exit " << pr.rc << (pr.timed_out ? ", timed out" : "") << "): node "
+                  << script << " " << req << "\n" << l;
     return json();
   }
   try {
@@ -606,7 +603,7 @@ TEST(TokenizerFamilies, WriterMatchesLlamaCppConverter) {
 // conversations with and without system prompts: the templates of the tokenizer_config.json
 // files above and those llama.cpp keeps for its chat tests (models/templates).
 TEST(TokenizerFamilies, ChatTemplates) {
-  if (std::system("command -v node >/dev/null 2>&1") != 0) GTEST_SKIP() << "Node.js (node) is not in PATH";
+  if (!have_node()) GTEST_SKIP() << "Node.js (node) is not in PATH";
   if (node_llama_cpp_prefix().empty()) GTEST_SKIP() << "node-llama-cpp is missing (it brings @huggingface/jinja)";
   struct Tmpl {
     std::string name, source, bos, eos;

@@ -23,6 +23,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/json_error.h"
 #include "core/mmap_file.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
@@ -44,15 +45,15 @@ const char* kQwen2Regex =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-json read_json(const std::string& path, bool required) {
+json read_json(const std::string& path, bool required, size_t cap = kSmallFileCap) {
   if (!file_exists(path)) {
     if (required) fail(path, ": not found");
     return json();
   }
   try {
-    return json::parse(read_text_file(path));
+    return json::parse(read_text_file(path, cap));
   } catch (const json::exception& e) {
-    fail(path, ": invalid JSON: ", e.what());
+    fail(path, ": invalid JSON: ", json_error_text(e));
   }
 }
 
@@ -128,8 +129,8 @@ void gguf_write_tokenizer(GgufWriter& w, const std::string& hf_dir, const std::s
          "\": converting its tokenizer is not supported (llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, gpt2)");
   if (!file_exists(tj_path))
     fail(tj_path, ": not found (a tokenizer.json is needed; SentencePiece tokenizer.model files are not read)");
-  const json tj = read_json(tj_path, true);
-  const json tc = read_json(tc_path, false);
+  const json tj = read_json(tj_path, true, kTokenizerFileCap);
+  const json tc = read_json(tc_path, false, kTokenizerFileCap);
   const json cfg = read_json(cfg_path, false);
   if (!tj.is_object()) fail(tj_path, ": expected a JSON object");
   const Tokenizer hf = Tokenizer::from_hf_dir(hf_dir);  // validates everything and gives HF's behaviour
