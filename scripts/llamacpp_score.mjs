@@ -16,6 +16,8 @@
 //   --lora         a GGUF LoRA adapter applied on top of the model (repeatable); SCALE (default
 //                  1) multiplies the adapter's own alpha/r, as in llama.cpp's --lora-scaled.
 //   --threads      CPU threads for evaluation (default 2).
+//   --exact        F32 KV cache and no flash attention (for tight comparisons).
+//   --top N        also each position's N largest logits as [id, logit] pairs ("top").
 //
 // Prints one JSON object on stdout:
 //   {"impl":"llama.cpp","node_llama_cpp":VERSION,"nll":MEAN,"ppl":...,"tokens":N,
@@ -38,7 +40,7 @@ function die(msg, code = 2) {
 }
 
 function parseArgs(argv) {
-  const a = {lora: [], threads: 2, tokenizeOnly: false};
+  const a = {lora: [], threads: 2, tokenizeOnly: false, exact: false, top: 1};
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = () => {
@@ -52,6 +54,8 @@ function parseArgs(argv) {
     else if (k === "--text-file") a.text = fs.readFileSync(val(), "utf8");
     else if (k === "--threads") a.threads = Number(val());
     else if (k === "--tokenize-only") a.tokenizeOnly = true;
+    else if (k === "--exact") a.exact = true;
+    else if (k === "--top") a.top = Number(val());
     else if (k === "--help" || k === "-h") {
       process.stdout.write(fs.readFileSync(new URL(import.meta.url), "utf8").split("\n")
         .filter(l => l.startsWith("//")).map(l => l.slice(3)).join("\n") + "\n");
@@ -61,6 +65,7 @@ function parseArgs(argv) {
   if (!a.model) die("--model is required");
   if ((a.ids == null) === (a.text == null)) die("give exactly one of --ids, --text, --text-file");
   if (!Number.isInteger(a.threads) || a.threads < 1) die("--threads must be a positive integer");
+  if (!Number.isInteger(a.top) || a.top < 1 || a.top > 100) die("--top must be an integer in 1..100");
   return a;
 }
 
@@ -158,6 +163,8 @@ const context = await model.createContext({
   batchSize: longest,          // the whole record in one batch, like lowrank's forward
   threads: {ideal: args.threads, min: args.threads},
   ...(adapters.length ? {lora: {adapters}} : {}),
+  // --exact: F32 KV cache and no flash attention (its f16 cache moves NLL by ~1e-3).
+  ...(args.exact ? {flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32"} : {}),
 });
 const loraMs = performance.now() - t1;
 const sequence = context.getSequence();
@@ -172,19 +179,21 @@ for (const ids of records) {
   // exp(logit - max) over the vocabulary (totalLogitWeight), all from the raw logits (the
   // sampler at its defaults is greedy and leaves them as they are).
   const res = await sequence.controlledEvaluate(ids.map((tok, t) => [tok, {generateNext: {
-    logits: {filter: {tokens: t + 1 < ids.length ? [ids[t + 1]] : [], includeTop: 1}},
+    logits: {filter: {tokens: t + 1 < ids.length ? [ids[t + 1]] : [], includeTop: args.top}},
     totalLogitWeight: true,
   }}]));
   evalMs += performance.now() - t2;
-  const top1 = [], nllPos = [];
+  const top1 = [], nllPos = [], topk = [];
   let sum = 0;
   for (let t = 0; t < ids.length; t++) {
     const next = res[t]?.next;
     const logits = next?.logits;
     if (!logits || logits.size === 0 || !(next.totalLogitWeight > 0))
       die(`llama.cpp returned no logits at position ${t}`, 1);
-    const [arg, mx] = logits.entries().next().value;  // sorted: the largest logit first
+    const entries = [...logits.entries()];  // sorted: the largest logits first
+    const [arg, mx] = entries[0];
     top1.push(arg);
+    if (args.top > 1) topk.push(entries.slice(0, args.top));
     if (t + 1 < ids.length) {
       const lt = logits.get(ids[t + 1]);
       if (lt === undefined) die(`token ${ids[t + 1]} is outside the model's vocabulary`);
@@ -196,7 +205,8 @@ for (const ids of records) {
   const n = ids.length - 1;
   total += sum;
   tokens += n;
-  out.records.push({ids, top1, nll_pos: nllPos, nll: n > 0 ? sum / n : 0, tokens: n});
+  out.records.push({ids, top1, nll_pos: nllPos, nll: n > 0 ? sum / n : 0, tokens: n,
+                    ...(args.top > 1 ? {top: topk} : {})});
 }
 out.nll = tokens ? total / tokens : 0;
 out.ppl = Math.exp(out.nll);

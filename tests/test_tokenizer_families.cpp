@@ -35,6 +35,7 @@
 
 #include "core/error.h"
 #include "fixture_util.h"
+#include "tokenizer_util.h"
 #include "proc_util.h"
 #include "io/gguf.h"
 #include "tokenizer/chat_template.h"
@@ -43,6 +44,7 @@
 
 using json = nlohmann::json;
 using namespace lowrank;
+using tokenizer_test::write_spm_tokenizer_dir;
 namespace fs = std::filesystem;
 
 namespace {
@@ -699,65 +701,6 @@ TEST(TokenizerFamilies, ChatTemplates) {
 
 namespace {
 
-// A Llama-style tokenizer.json built from a SentencePiece GGUF the way transformers'
-// LlamaConverter builds it from tokenizer.model: every piece, and as merges every split of a
-// piece into two pieces, ordered by the piece's SentencePiece score (highest first; ties in id
-// order, splits by the ids of their parts) - SentencePieceExtractor.extract.
-json tokenizer_json_from_spm(const GgufFile& f, const std::vector<json>& added) {
-  const auto toks = f.get_string_array("tokenizer.ggml.tokens");
-  const auto scores = f.get_float_array("tokenizer.ggml.scores");
-  const auto types = f.get_int_array("tokenizer.ggml.token_type");
-  std::unordered_map<std::string, int32_t> id;
-  const size_t n_pieces = 32000;  // the SentencePiece model's pieces (Phi-3 appends added tokens)
-  for (size_t i = 0; i < n_pieces; i++) id[toks[i]] = int32_t(i);
-  struct M {
-    float score;
-    size_t order;
-    std::string l, r;
-  };
-  std::vector<M> merges;
-  for (size_t i = 0; i < n_pieces; i++) {
-    const std::string& p = toks[i];
-    std::vector<std::pair<std::pair<int32_t, int32_t>, std::pair<std::string, std::string>>> local;
-    for (size_t k = 1; k < p.size(); k++) {
-      if ((static_cast<unsigned char>(p[k]) & 0xC0) == 0x80) continue;  // split at code points
-      auto a = id.find(p.substr(0, k)), b = id.find(p.substr(k));
-      if (a != id.end() && b != id.end()) local.push_back({{a->second, b->second}, {a->first, b->first}});
-    }
-    std::sort(local.begin(), local.end());
-    for (auto& [ids, lr] : local) merges.push_back({scores[i], merges.size(), lr.first, lr.second});
-  }
-  std::stable_sort(merges.begin(), merges.end(), [](const M& a, const M& b) { return a.score > b.score; });
-  json vocab = json::object();
-  for (size_t i = 0; i < n_pieces; i++) vocab[toks[i]] = i;
-  json m = json::array();
-  for (const M& x : merges) m.push_back(json::array({x.l, x.r}));
-  json tj;
-  tj["version"] = "1.0";
-  tj["added_tokens"] = added;
-  tj["normalizer"] = {{"type", "Sequence"},
-                      {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                                                   {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}};
-  tj["pre_tokenizer"] = nullptr;
-  tj["post_processor"] = {{"type", "TemplateProcessing"},
-                          {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                          {"pair", json::array()},
-                          {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}};
-  tj["decoder"] = {{"type", "Sequence"},
-                   {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                                             {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
-                                             {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
-  tj["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"fuse_unk", true},
-                 {"byte_fallback", true}, {"ignore_merges", false}, {"vocab", vocab}, {"merges", m}};
-  (void)types;
-  return tj;
-}
-
-json added_token(int id, const std::string& content, bool special, bool rstrip) {
-  return {{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false}, {"rstrip", rstrip},
-          {"normalized", false}, {"special", special}};
-}
-
 }  // namespace
 
 // lowrank's SentencePiece scores (from merge ranks) against the real ones: Llama-2's and Phi-3's
@@ -797,19 +740,8 @@ TEST(TokenizerFamilies, SentencePieceScoresFromMerges) {
     GgufFile real = GgufFile::open(c.real);
     const auto toks = real.get_string_array("tokenizer.ggml.tokens");
     const auto types = real.get_int_array("tokenizer.ggml.token_type");
-    // Added tokens as in the models' tokenizer.json: <unk> <s> </s>, and Phi-3's chat tokens,
-    // which swallow the whitespace after them (rstrip), as llama.cpp's Phi-3 rule assumes.
-    std::vector<json> added = {added_token(0, "<unk>", true, false), added_token(1, "<s>", true, false),
-                               added_token(2, "</s>", c.name == "llama-spm", c.name == "phi-3")};
-    for (size_t i = 32000; i < toks.size(); i++)
-      if (toks[i].rfind("[PAD", 0) != 0)
-        added.push_back(added_token(int(i), toks[i], types[i] == 3, toks[i] != "<|endoftext|>"));
     const std::string hf_dir = work + "/" + n;
-    fs::create_directories(hf_dir);
-    std::ofstream(hf_dir + "/tokenizer.json") << tokenizer_json_from_spm(real, added).dump();
-    json tc = {{"bos_token", "<s>"}, {"eos_token", c.name == "phi-3" ? "<|endoftext|>" : "</s>"}, {"unk_token", "<unk>"},
-               {"add_bos_token", true}, {"add_eos_token", false}};
-    std::ofstream(hf_dir + "/tokenizer_config.json") << tc.dump();
+    write_spm_tokenizer_dir(real, n == "phi-3", hf_dir);
     std::ofstream(hf_dir + "/config.json") << json({{"model_type", c.model_type}, {"vocab_size", toks.size()}}).dump();
     // The rebuilt tokenizer.json is Hugging Face's: same ids as HF gave for llama.cpp's texts.
     Tokenizer hf = Tokenizer::from_hf_dir(hf_dir);

@@ -1,6 +1,7 @@
 #include "model/random_model.h"
 
 #include <cmath>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/mmap_file.h"
@@ -145,6 +146,44 @@ std::unique_ptr<Model> make_random_model(const ModelConfig& cfg_in, const Random
   model->lm_head.W = c.tied ? model->wte : fl.mat(V, C, s, false);
   model->finish_load();
   return model;
+}
+
+std::vector<TensorToWrite> hf_weight_tensors(Model& m, DType dtype) {
+  std::vector<TensorToWrite> t;
+  auto mat = [&](const std::string& name, const Matrix& W) {
+    if (W.dtype != DType::F32) fail("hf_weight_tensors: ", name, " is not an f32 matrix");
+    t.push_back(tensor_convert(name, W.transposed ? std::vector<int64_t>{W.cols, W.rows} : std::vector<int64_t>{W.rows, W.cols},
+                               static_cast<const float*>(W.data), dtype));
+  };
+  auto vec = [&](const std::string& name, const FloatBuffer& b) {
+    if (b.n) t.push_back(tensor_convert(name, b.shape, b.ptr(), dtype));
+  };
+  mat(hf_embed_module(m.cfg) + ".weight", m.wte);
+  if (m.wpe.n) vec("transformer.wpe.weight", m.wpe);
+  for (Norm* n : m.norms()) {
+    vec(n->name + ".weight", n->w);
+    vec(n->name + ".bias", n->b);
+  }
+  for (Linear* L : m.linears()) {
+    if (L == &m.lm_head && m.cfg.tied) continue;
+    mat(L->module + ".weight", L->W);
+    vec(L->module + ".bias", L->bias);
+  }
+  return t;
+}
+
+void write_hf_model_dir(Model& m, const std::string& config_json, const std::string& dir, DType dtype,
+                        const std::string& tokenizer_dir) {
+  std::filesystem::create_directories(dir);
+  write_file_atomic(dir + "/config.json", config_json.data(), config_json.size());
+  safetensors_write(dir + "/model.safetensors", hf_weight_tensors(m, dtype));
+  if (!tokenizer_dir.empty())
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      const std::string from = tokenizer_dir + "/" + f;
+      if (!file_exists(from)) continue;
+      const std::string text = read_text_file(from, kTokenizerFileCap);
+      write_file_atomic(dir + "/" + f, text.data(), text.size());
+    }
 }
 
 }  // namespace lowrank

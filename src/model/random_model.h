@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "io/safetensors.h"
 #include "model/model.h"
 
 namespace lowrank {
@@ -26,5 +27,14 @@ struct RandomModelOptions {
 // weights 1, norm/linear biases small random. Deterministic for a given seed (independent of
 // the thread count). Module names follow the HF checkpoints, so PEFT target names apply.
 std::unique_ptr<Model> make_random_model(const ModelConfig& cfg, const RandomModelOptions& opt = {});
+
+// The model's weights as HF safetensors tensors with the family's names (Conv1D weights in
+// their (in, out) layout), converted to dtype (F32, F16 or BF16). Needs f32 weights (random or
+// owned models); the tied head is not repeated.
+std::vector<TensorToWrite> hf_weight_tensors(Model& m, DType dtype = DType::F32);
+// Writes a HF model dir: config_json as config.json, the weights as model.safetensors (and
+// copies tokenizer.json / tokenizer_config.json from tokenizer_dir when given).
+void write_hf_model_dir(Model& m, const std::string& config_json, const std::string& dir, DType dtype = DType::F32,
+                        const std::string& tokenizer_dir = "");
 
 }  // namespace lowrank

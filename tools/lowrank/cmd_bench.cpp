@@ -181,37 +181,6 @@ Batch make_batch(int64_t B, int64_t T, int64_t V, uint64_t seed, const std::vect
 }
 
 // Parameters of the model and where they live, for the file-size report: (name, shape, data).
-struct NamedTensor { std::string name; std::vector<int64_t> shape; const float* data; };
-std::vector<NamedTensor> model_tensors(Model& m) {
-  std::vector<NamedTensor> t;
-  const bool gpt2 = m.cfg.arch == Arch::GPT2;
-  auto mat = [&](const std::string& name, const Matrix& W) {
-    if (W.dtype != DType::F32) fail("sizes: --write-model needs f32 weights");
-    t.push_back({name, W.transposed ? std::vector<int64_t>{W.cols, W.rows} : std::vector<int64_t>{W.rows, W.cols},
-                 static_cast<const float*>(W.data)});
-  };
-  auto vec = [&](const std::string& name, const FloatBuffer& b) {
-    if (b.n) t.push_back({name, b.shape, b.ptr()});
-  };
-  mat(hf_embed_module(m.cfg) + ".weight", m.wte);
-  if (m.wpe.n) vec("transformer.wpe.weight", m.wpe);
-  for (Layer& L : m.layers) {
-    for (Norm* n : L.norms()) {
-      vec(n->name + ".weight", n->w);
-      vec(n->name + ".bias", n->b);
-    }
-  }
-  for (Linear* L : m.linears()) {
-    if (L == &m.lm_head && m.cfg.tied) continue;
-    mat(L->module + ".weight", L->W);
-    vec(L->module + ".bias", L->bias);
-  }
-  vec(m.norm_f.name + ".weight", m.norm_f.w);
-  vec(m.norm_f.name + ".bias", m.norm_f.b);
-  (void)gpt2;
-  return t;
-}
-
 struct DecodeResult { double prefill_s = 0, decode_s = 0; int64_t n = 0; std::vector<int32_t> tokens; };
 
 // Greedy decode: prefill `prompt`, then n tokens one at a time with the KV cache.
@@ -343,15 +312,10 @@ void run_bench(Opts o) {
     out["adapter_bytes"] = st + cj;
     // Model f32 file: the tensor bytes (exact for safetensors up to its JSON header).
     int64_t model_data = 0;
-    for (const NamedTensor& t : model_tensors(m)) {
-      int64_t n = 1;
-      for (int64_t d : t.shape) n *= d;
-      model_data += n * 4;
-    }
+    std::vector<TensorToWrite> tw = hf_weight_tensors(m);
+    for (const TensorToWrite& t : tw) model_data += int64_t(t.bytes.size());
     out["model_f32_tensor_bytes"] = model_data;
     if (o.write_model) {
-      std::vector<TensorToWrite> tw;
-      for (const NamedTensor& t : model_tensors(m)) tw.push_back(tensor_f32(t.name, t.shape, t.data));
       std::string mpath = dir + "/model.safetensors";
       safetensors_write(mpath, std::move(tw));
       out["model_file"] = mpath;

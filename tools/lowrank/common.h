@@ -38,6 +38,7 @@ void add_merge(CLI::App& app);
 void add_export(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_convert(CLI::App& app);
 
 }  // namespace lowrank::cli
 

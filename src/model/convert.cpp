@@ -1,0 +1,224 @@
+#include "model/convert.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "core/error.h"
+#include "io/gguf.h"
+#include "model/names.h"
+#include "tokenizer/gguf_vocab.h"
+
+namespace lowrank {
+
+namespace {
+
+// ggml file_type of a weight type (general.file_type, llama_ftype).
+uint32_t file_type_of(DType t) {
+  switch (t) {
+    case DType::F32: return 0;
+    case DType::F16: return 1;
+    case DType::Q4_0: return 2;
+    case DType::Q8_0: return 7;
+    case DType::BF16: return 32;
+    default: return 1;
+  }
+}
+
+// rows × cols f32 values encoded as `type` (one row per block row).
+std::shared_ptr<std::vector<uint8_t>> encode(DType type, const float* v, int64_t rows, int64_t cols) {
+  auto out = std::make_shared<std::vector<uint8_t>>(dtype_bytes(type, rows * cols));
+  const int64_t n = rows * cols;
+  switch (type) {
+    case DType::F32:
+      std::memcpy(out->data(), v, size_t(n) * 4);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; i++) {
+        const uint16_t h = f32_to_f16(v[i]);
+        std::memcpy(out->data() + 2 * i, &h, 2);
+      }
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; i++) {
+        const uint16_t h = f32_to_bf16(v[i]);
+        std::memcpy(out->data() + 2 * i, &h, 2);
+      }
+      break;
+    default:
+      fail("convert: writing ", dtype_name(type), " tensors is not supported (F32, F16, BF16)");
+  }
+  return out;
+}
+
+struct Writer {
+  GgufWriter w;
+  const ConvertOptions& opt;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> keep;
+
+  void tensor(const std::string& name, const std::vector<float>& v, int64_t rows, int64_t cols) {
+    DType t = DType::F32;
+    if (rows > 1) t = opt.type_for ? opt.type_for(name, rows, cols) : opt.type;
+    if (dtype_is_quantized(t) && cols % dtype_block_elems(t) != 0) t = DType::F16;  // row not a whole number of blocks
+    auto bytes = encode(t, v.data(), rows, cols);
+    keep.push_back(bytes);
+    std::vector<int64_t> ne = rows > 1 || cols == 0 ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
+    w.add_tensor(name, ne, t, bytes->data(), bytes->size());
+  }
+};
+
+std::vector<float> matrix_values(const Matrix& m) { return m.to_f32(); }  // (rows, cols)
+
+}  // namespace
+
+void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const ConvertOptions& opt) {
+  std::unique_ptr<Model> model = load_hf_model(hf_dir);
+  Model& m = *model;
+  const ModelConfig& c = m.cfg;
+  if (c.family == Family::GPT2) fail(hf_dir, ": converting gpt2 models to GGUF is not supported");
+  const std::string arch = gguf_arch_name(c);
+  const std::string P = arch + ".";
+  const bool gemma = c.family == Family::GEMMA2 || c.family == Family::GEMMA3;
+  const std::string cfg_path = hf_dir + "/config.json";
+
+  // What llama.cpp's graph for the architecture cannot express is refused.
+  if (gemma && std::fabs(c.attn_scale * std::sqrt(float(c.head_dim)) - 1.f) > 1e-6f)
+    fail(cfg_path, ": query_pre_attn_scalar differs from head_dim; llama.cpp's ", arch,
+         " uses 1/sqrt(head_dim), so the GGUF would compute another model");
+  for (const RopeConfig& r : c.ropes)
+    if (r.scaling == RopeScaling::YARN) fail(cfg_path, ": rope_scaling yarn: converting it to GGUF is not supported yet");
+  if (c.ropes[0].dim != c.head_dim && c.family != Family::PHI3)
+    fail(cfg_path, ": partial rotary embedding: not supported for GGUF architecture ", arch);
+  if (gemma && c.ropes.size() > 1 && (c.ropes[1].theta != 10000.f || c.ropes[1].scaling != RopeScaling::NONE))
+    fail(cfg_path, ": llama.cpp's gemma3 fixes the sliding layers' RoPE base at 10000 without scaling");
+  // Sliding windows: llama.cpp applies them only for gemma2/gemma3 (fixed patterns) and phi3.
+  int64_t window = 0, max_ctx = c.max_pos;
+  for (const LayerSpec& l : c.layers) window = std::max(window, l.window);
+  if (window > 0 && !gemma && c.family != Family::PHI3) {
+    // llama.cpp's llama/qwen2/qwen3 graphs ignore windows: exact only up to the window.
+    max_ctx = std::min(max_ctx, window);
+    std::fprintf(stderr, "convert: %s has a sliding window of %lld tokens that llama.cpp's %s ignores; "
+                 "context_length is set to %lld so that the GGUF computes the same model\n",
+                 cfg_path.c_str(), (long long)window, arch.c_str(), (long long)max_ctx);
+  }
+  if (gemma) {
+    const int64_t pattern = c.family == Family::GEMMA2 ? 2 : 6;
+    for (int64_t l = 0; l < c.n_layer; l++) {
+      const bool sliding = (l + 1) % pattern != 0;
+      if ((c.layers[size_t(l)].window > 0) != sliding || (sliding && c.layers[size_t(l)].window != window))
+        fail(cfg_path, ": the sliding-window layers differ from llama.cpp's fixed ", arch, " pattern (every ", pattern,
+             "th layer global)");
+    }
+  }
+
+  Writer wr{GgufWriter(), opt, {}};
+  GgufWriter& w = wr.w;
+  std::string name = opt.name;
+  if (name.empty()) {
+    std::string d = hf_dir;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    const size_t slash = d.rfind('/');
+    name = slash == std::string::npos ? d : d.substr(slash + 1);
+  }
+  // llama.cpp's Phi-3 tokenizer rules key on the name (see tokenizer/gguf_vocab.cpp).
+  if (c.family == Family::PHI3 && name.find("phi3") == std::string::npos && name.find("Phi-3") == std::string::npos &&
+      name.find("phi-3") == std::string::npos)
+    name = "Phi3 " + name;
+  w.set_string("general.architecture", arch);
+  w.set_string("general.name", name);
+  w.set_u32("general.file_type", file_type_of(opt.type));
+  w.set_u32(P + "context_length", uint32_t(max_ctx));
+  w.set_u32(P + "embedding_length", uint32_t(c.dim));
+  w.set_u32(P + "block_count", uint32_t(c.n_layer));
+  w.set_u32(P + "feed_forward_length", uint32_t(c.ffn));
+  w.set_u32(P + "attention.head_count", uint32_t(c.n_head));
+  w.set_u32(P + "attention.head_count_kv", uint32_t(c.n_kv_head));
+  w.set_f32(P + "attention.layer_norm_rms_epsilon", c.norm_eps);
+  w.set_u32(P + "attention.key_length", uint32_t(c.head_dim));
+  w.set_u32(P + "attention.value_length", uint32_t(c.head_dim));
+  w.set_f32(P + "rope.freq_base", c.ropes[0].theta);
+  w.set_u32(P + "rope.dimension_count", uint32_t(c.ropes[0].dim));
+  w.set_u32(P + "vocab_size", uint32_t(c.vocab));
+  if (c.ropes[0].scaling == RopeScaling::LINEAR) {
+    w.set_string(P + "rope.scaling.type", "linear");
+    w.set_f32(P + "rope.scaling.factor", c.ropes[0].factor);
+  }
+  if (gemma || c.family == Family::PHI3)
+    if (window > 0) w.set_u32(P + "attention.sliding_window", uint32_t(window));
+  if (c.family == Family::GEMMA2) {
+    w.set_f32(P + "attn_logit_softcapping", c.attn_softcap);
+    w.set_f32(P + "final_logit_softcapping", c.final_softcap);
+  } else if (c.attn_softcap != 0.f || c.final_softcap != 0.f) {
+    fail(cfg_path, ": softcapping for ", arch, " cannot be written to GGUF");
+  }
+  gguf_write_tokenizer(w, hf_dir, c.model_type);
+
+  // Tensors: names as llama.cpp's converter writes them.
+  const int64_t C = c.dim, D = c.head_dim;
+  auto norm_values = [&](const Norm& n) {
+    std::vector<float> v(n.w.ptr(), n.w.ptr() + n.w.n);
+    if (c.norm_offset != 0.f)  // llama.cpp multiplies by the stored weight: store offset + w
+      for (float& x : v) x += c.norm_offset;
+    return v;
+  };
+  {
+    const std::vector<float> e = matrix_values(m.wte);
+    wr.tensor("token_embd.weight", e, c.vocab, C);
+  }
+  if (c.ropes[0].scaling == RopeScaling::LLAMA3) {
+    // rope_freqs.weight: per pair, the factor that turns the base frequency into the scaled
+    // one (llama.cpp divides theta_i by it).
+    RopeConfig plain = c.ropes[0];
+    plain.scaling = RopeScaling::NONE;
+    const std::vector<float> base = plain.inv_freq(), scaled = c.ropes[0].inv_freq();
+    std::vector<float> f(base.size());
+    for (size_t i = 0; i < base.size(); i++) f[i] = base[i] / scaled[i];
+    wr.tensor("rope_freqs.weight", f, 1, int64_t(f.size()));
+  }
+  const bool permute = gguf_permutes_qk(c);
+  for (int64_t l = 0; l < c.n_layer; l++) {
+    Layer& L = m.layers[size_t(l)];
+    auto put_norm = [&](const Norm& n, Role r) {
+      if (!n.present()) return;
+      wr.tensor(gguf_layer_tensor(l, r) + ".weight", norm_values(n), 1, n.w.n);
+    };
+    auto put_linear = [&](const Linear& lin, Role r) {
+      if (!lin.present()) return;
+      std::vector<float> v = matrix_values(lin.W);  // (out, in), HF row order
+      std::vector<float> b(lin.bias.ptr(), lin.bias.ptr() + lin.bias.n);
+      if (permute && (r == Role::Q || r == Role::K)) {
+        std::vector<float> pv(v.size()), pb(b.size());
+        for (int64_t j = 0; j < lin.out; j++) {
+          const int64_t g = gguf_qk_row(j, D);
+          std::memcpy(pv.data() + g * lin.in, v.data() + j * lin.in, size_t(lin.in) * 4);
+          if (!b.empty()) pb[size_t(g)] = b[size_t(j)];
+        }
+        v.swap(pv);
+        b.swap(pb);
+      }
+      const std::string g = gguf_layer_tensor(l, r);
+      wr.tensor(g + ".weight", v, lin.out, lin.in);
+      if (!b.empty()) wr.tensor(g + ".bias", b, 1, lin.out);
+    };
+    put_norm(L.attn_norm, Role::ATTN_NORM);
+    put_linear(L.q, Role::Q);
+    put_linear(L.k, Role::K);
+    put_linear(L.v, Role::V);
+    put_linear(L.qkv, Role::QKV);
+    put_norm(L.q_norm, Role::Q_NORM);
+    put_norm(L.k_norm, Role::K_NORM);
+    put_linear(L.o, Role::O);
+    put_norm(L.post_attn_norm, Role::POST_ATTN_NORM);
+    put_norm(L.ffn_norm, Role::FFN_NORM);
+    put_linear(L.gate, Role::GATE);
+    put_linear(L.up, Role::UP);
+    put_linear(L.gate_up, Role::GATE_UP);
+    put_linear(L.down, Role::DOWN);
+    put_norm(L.post_ffn_norm, Role::POST_FFN_NORM);
+  }
+  wr.tensor("output_norm.weight", norm_values(m.norm_f), 1, C);
+  if (!c.tied) wr.tensor("output.weight", matrix_values(m.lm_head.W), c.vocab, C);
+  w.write(out);
+}
+
+}  // namespace lowrank
