@@ -12,7 +12,10 @@
 
 #include "fixture_util.h"
 #include "llamacpp_util.h"
+#include "lora/merge.h"
+#include "lora/peft.h"
 #include "model/convert.h"
+#include "train/trainer.h"
 #include "model/model.h"
 #include "model/random_model.h"
 #include "tokenizer/tokenizer.h"
@@ -243,6 +246,57 @@ TEST_P(Families, HfDirAndConvertedGgufScoreLikeLlamaCpp) {
   EXPECT_LE(b.max_rel, 2e-3);
   EXPECT_GE(double(a.top1_equal), 0.98 * double(a.positions));
   EXPECT_GE(double(b.top1_equal), 0.98 * double(b.positions));
+
+  // LoRA on every linear of the blocks (PEFT's all-linear: q, k, v, o and the MLP, fused
+  // modules as they are), trained by lowrank on the GGUF model, exported to a GGUF adapter and
+  // applied by llama.cpp: the NLL moves as lowrank's does; the merged GGUF scores the same.
+  LoraConfig lc;
+  lc.r = 8;
+  lc.lora_alpha = 16;
+  lc.all_linear = true;
+  auto adapter = gguf_model->create_adapter(lc, 5);
+  gguf_model->trainable_adapter = gguf_model->add_adapter(adapter);
+  std::vector<Example> data;
+  for (const auto& ids : records) {
+    Example ex;
+    ex.ids = ids;
+    ex.targets.assign(ids.size(), -1);
+    for (size_t t = 0; t + 1 < ids.size(); t++) ex.targets[t] = ids[t + 1];
+    data.push_back(ex);
+  }
+  TrainOptions o;
+  o.lr = 3e-3;
+  o.steps = 12;
+  o.progress = false;
+  train(*gguf_model, data, {}, o, 0, nullptr);
+  const std::vector<AdapterUse> uses{{gguf_model->trainable_adapter, 1.f}};
+  std::vector<std::vector<double>> nll_ad;
+  std::vector<std::vector<int32_t>> top_ad;
+  for (const auto& ids : records) {
+    nll_ad.emplace_back();
+    top_ad.emplace_back();
+    score(*gguf_model, ids, nll_ad.back(), top_ad.back(), uses);
+  }
+  const std::string adapter_gguf = work + "/adapter.gguf", merged_gguf = work + "/merged.gguf";
+  write_gguf_adapter(gguf, *adapter, adapter_gguf, false);
+  json ref_ad = llamacpp_score(gguf, records, work, err, {adapter_gguf});
+  ASSERT_FALSE(ref_ad.is_null()) << err;
+  write_gguf_merged(gguf, merged_gguf, {{adapter.get(), 1.f}});
+  json ref_merged = llamacpp_score(merged_gguf, records, work, err);
+  ASSERT_FALSE(ref_merged.is_null()) << err;
+  const Agreement c = compare(nll_ad, top_ad, ref_ad), d = compare(nll_ad, top_ad, ref_merged);
+  const double moved_lowrank = c.mean_nll_a - b.mean_nll_a, moved_llamacpp = c.mean_nll_b - b.mean_nll_b;
+  std::printf("[ FAMILY   ] %-8s LoRA all-linear r 8: mean NLL %.4f -> %.4f (lowrank) vs %.4f -> %.4f (llama.cpp, "
+              "GGUF adapter): moved %.4f vs %.4f (ratio %.4f); merged GGUF in llama.cpp %.4f, max rel %.2e, "
+              "top-1 %lld/%lld\n",
+              f.name.c_str(), b.mean_nll_a, c.mean_nll_a, b.mean_nll_b, c.mean_nll_b, moved_lowrank, moved_llamacpp,
+              moved_llamacpp / moved_lowrank, d.mean_nll_b, d.max_rel, (long long)d.top1_equal, (long long)d.positions);
+  EXPECT_LT(moved_lowrank, -0.5) << "the adapter hardly changed the model";
+  EXPECT_NEAR(moved_llamacpp / moved_lowrank, 1.0, 0.02);
+  EXPECT_GE(double(c.top1_equal), 0.98 * double(c.positions));
+  // Merged F16 weights: per-position agreement at F16 precision.
+  EXPECT_LE(d.max_rel, 1e-2);
+  EXPECT_GE(double(d.top1_equal), 0.98 * double(d.positions));
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Families, ::testing::ValuesIn(cases()),
