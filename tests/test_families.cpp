@@ -116,6 +116,24 @@ std::vector<FamilyCase> cases() {
     json j = base_config("llama", "LlamaForCausalLM");  // Llama-2: SentencePiece, untied
     c.push_back({"llama2", "llama-spm", j});
   }
+  {
+    // attention/MLP biases, a head size other than hidden / heads (GGUF key_length; q/k rows
+    // permuted per head of 32) and linear RoPE scaling (GGUF rope.scaling.type/factor)
+    json j = base_config("llama", "LlamaForCausalLM");
+    j["attention_bias"] = true;
+    j["mlp_bias"] = true;
+    j["head_dim"] = 32;
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+    c.push_back({"llama_bias_headdim_linear", "llama-spm", j});
+  }
+  {
+    // the same with the default head size: a GGUF the previous reader loaded, ignoring the
+    // biases and the RoPE scaling keys (silently another model)
+    json j = base_config("llama", "LlamaForCausalLM");
+    j["attention_bias"] = true;
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+    c.push_back({"llama_bias_linear", "llama-spm", j});
+  }
   return c;
 }
 
