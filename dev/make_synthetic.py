@@ -104,6 +104,10 @@ def make(name, cfg, storage='F32', shards=1, adapter=None, seed=0):
         json.dump(adapter, open(d + '/adapter/adapter_config.json', 'w'), indent=2, sort_keys=True)
         write_st(d + '/adapter/adapter_model.safetensors', {'base_model.model.' + m + '.lora_' + w + '.weight': t for (m, w), t in A['tensors'].items()})
         exp['adapter_nll'] = forward_nll(cfg, W, ids, A)
+        # d mean-NLL / d LoRA A, B by autograd in float64: checks every backward of the block.
+        for t in A['tensors'].values(): t.requires_grad_(True)
+        forward_nll(cfg, W, ids, A, want_tensor=True).mean().backward()
+        exp['adapter_grads'] = {m + '.lora_' + w: t.grad.flatten().tolist() for (m, w), t in A['tensors'].items()}
     json.dump(exp, open(d + '/expected.json', 'w'), indent=1)
     print(name, exp)
 
@@ -183,7 +187,7 @@ def scaled_inv_freq(inv, rs, cfg, D, theta):
         return (inv / f) * (1 - extra) + inv * extra, att
     raise ValueError(t)
 
-def forward_nll(cfg, W, ids, A):
+def forward_nll(cfg, W, ids, A, want_tensor=False):
     T = len(ids); t_ids = torch.tensor(ids)
     def lin(m, x, w, b=None, conv=False):
         y = x @ (w if conv else w.T)
@@ -280,7 +284,8 @@ def forward_nll(cfg, W, ids, A):
         fcap = cfg.get('final_logit_softcapping', 30.0 if mt == 'gemma2' else None)
         if fcap: logits = torch.tanh(logits / fcap) * fcap
     lp = torch.log_softmax(logits, -1)
-    return [-lp[t, ids[t + 1]].item() for t in range(T - 1)]
+    nll = torch.stack([-lp[t, ids[t + 1]] for t in range(T - 1)])
+    return nll if want_tensor else [x.item() for x in nll]
 
 def llama_cfg(mt, **kw):
     c = {'model_type': mt, 'architectures': [{'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM',

@@ -5,6 +5,7 @@
 // PyTorch implementation.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include <dirent.h>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <set>
 
 #include "io/safetensors.h"
@@ -115,6 +117,53 @@ TEST_P(Synthetic, MergedDirectoryKeepsNamesAndDtypes) {
   // that rounding, so the f32 tolerance applies only to f32 checkpoints.
   bool low = GetParam().find("f16") != std::string::npos;
   for (size_t t = 0; t < want_a.size(); t++) EXPECT_NEAR(merged[t], want_a[t], low ? 5e-2 : 1e-4) << "position " << t;
+}
+
+// The backward of every part of the block: LoRA gradients of the mean NLL against float64
+// autograd (models whose expected.json has them), with and without activation recomputation
+// (which must give the same gradients bit for bit).
+TEST_P(Synthetic, AdapterGradientsMatchFloat64Autograd) {
+  std::string d = synth_dir() + "/" + GetParam();
+  std::ifstream f(d + "/expected.json");
+  nlohmann::json e = nlohmann::json::parse(f);
+  if (!e.contains("adapter_grads")) GTEST_SKIP() << "no reference gradients for " << GetParam();
+  std::vector<int32_t> ids = e["ids"].get<std::vector<int32_t>>();
+  Batch b;
+  b.B = 1;
+  b.T = int64_t(ids.size());
+  b.ids = ids;
+  b.targets.assign(ids.size(), -1);
+  for (size_t t = 0; t + 1 < ids.size(); t++) b.targets[t] = ids[t + 1];
+  std::map<std::string, std::vector<float>> first;
+  for (bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "checkpoint_activations" : "kept activations");
+    auto m = load_hf_model(d + "/model");
+    m->checkpoint_activations = recompute;
+    auto ad = load_peft_adapter(d + "/adapter");
+    const int slot = m->add_adapter(ad);
+    m->trainable_adapter = slot;
+    ad->alloc_grads();
+    ad->zero_grads();
+    b.row_adapters = {{{slot, 1.f}}};
+    m->forward_backward(b, 1.f / float(ids.size() - 1));
+    for (auto& [module, t] : ad->targets) {
+      for (int which = 0; which < 2; which++) {
+        const std::string key = module + (which ? ".lora_B" : ".lora_A");
+        ASSERT_TRUE(e["adapter_grads"].contains(key)) << key;
+        const std::vector<double> want = e["adapter_grads"][key].get<std::vector<double>>();
+        const FloatBuffer& g = which ? t.dB : t.dA;
+        ASSERT_EQ(size_t(g.n), want.size()) << key;
+        double mx = 0;
+        for (double w : want) mx = std::max(mx, std::fabs(w));
+        ASSERT_GT(mx, 0.0) << key << ": the reference gradient is zero";
+        for (size_t i = 0; i < want.size(); i++)
+          ASSERT_NEAR(g.ptr()[i], want[i], 2e-4 * mx) << key << "[" << i << "]";
+        std::vector<float> mine(g.ptr(), g.ptr() + g.n);
+        if (!recompute) first[key] = mine;
+        else EXPECT_EQ(mine, first[key]) << key << ": recomputed activations changed the gradient";
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, Synthetic, ::testing::ValuesIn(synth_models()),
