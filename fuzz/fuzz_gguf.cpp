@@ -9,7 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "io/dequant.h"
+#include "quants/dequant.h"
 #include "io/gguf.h"
 
 using namespace lowrank;

@@ -17,7 +17,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "io/dequant.h"
+#include "quants/dequant.h"
 #include "io/gguf.h"
 #include "fixture_util.h"
 #include "model/gguf_model.h"
@@ -386,7 +386,7 @@ TEST(Gguf, WriterRejectsBadInput) {
   EXPECT_THROW(w.add_tensor("c", {48}, DType::Q8_0, a.data(), 51), Error);      // block
   EXPECT_THROW(w.add_tensor("d", {1, 1, 1, 1, 1}, DType::F32, a.data(), 4), Error);
   EXPECT_THROW(w.add_tensor("e", {4}, uint32_t(99), a.data(), 16), Error);
-  EXPECT_THROW(w.add_tensor("f", {4}, DType::I32, a.data(), 16), Error);
+  EXPECT_THROW(w.add_tensor("f", {4}, DType::U8, a.data(), 4), Error);  // no ggml type for U8
   GgufValue broken = GgufValue::f32_array({1, 2});
   broken.count = 3;
   EXPECT_THROW(w.set_raw("x", broken), Error);
@@ -578,10 +578,14 @@ TEST(Gguf, CorruptTensorInfo) {
   }
   {
     HandSpec s;
-    s.type0 = 99;
-    expect_error(hand_file(s).b, {"'t0'", "99"});
-    s.type0 = 3;  // Q4_1: a real ggml type that this engine does not decode
-    expect_error(hand_file(s).b, {"'t0'", "Q4_1"});
+    s.type0 = 99;  // past ggml's type table
+    expect_error(hand_file(s).b, {"'t0'", "unknown ggml tensor type 99"});
+    s.type0 = quants::kGgmlTypeCount;  // the first id past the table
+    expect_error(hand_file(s).b, {"'t0'", "unknown ggml tensor type 43"});
+    s.type0 = 4;  // Q4_2: removed from ggml
+    expect_error(hand_file(s).b, {"'t0'", "type 4 was removed"});
+    s.type0 = 40;  // NVFP4: a real ggml type that this engine does not decode
+    expect_error(hand_file(s).b, {"'t0'", "unsupported ggml tensor type 40 (NVFP4)"});
   }
   {
     HandSpec s;
