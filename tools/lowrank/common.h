@@ -32,6 +32,7 @@ void add_merge(CLI::App& app);
 void add_export(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_quantize(CLI::App& app);  // quantize and quant-bench
 
 }  // namespace lowrank::cli
 

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   add_export(app);
   add_bench(app);
   add_serve(app);
+  add_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

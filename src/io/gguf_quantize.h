@@ -1,0 +1,57 @@
+// Requantizing a GGUF model with llama.cpp's mixture presets (`llama-quantize` without an
+// importance matrix): which tensor gets which type is decided by the rules of llama.cpp's
+// src/llama-quant.cpp (tensor_allows_quantization, llama_tensor_get_type_impl,
+// tensor_type_fallback at ggml-org/llama.cpp 007dbbf3), the data by the quants layer's
+// reference quantizers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "io/gguf.h"
+
+namespace lowrank {
+
+// A llama.cpp file type (`llama-quantize` type name): its LLAMA_FTYPE_* value, written as
+// general.file_type, and the default tensor type of the mixture.
+struct QuantPreset {
+  std::string name;      // "Q4_K_M", ...
+  uint32_t ftype = 0;    // LLAMA_FTYPE_MOSTLY_*
+  DType default_type = DType::F32;
+};
+
+// The presets this engine writes: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
+// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS (and llama-quantize's
+// aliases Q3_K, Q4_K, Q5_K for the _M variants). Case-insensitive; false if unknown.
+bool quant_preset(const std::string& name, QuantPreset* out);
+std::vector<std::string> quant_preset_names();
+
+// What happens to one tensor.
+struct TensorQuantPlan {
+  std::string name;
+  std::vector<int64_t> ne;   // ggml order
+  DType from = DType::F32;
+  DType to = DType::F32;
+  bool fallback = false;     // the mixture's type did not fit the row length (llama.cpp's fallback)
+};
+
+// The type of every tensor of f (in f's tensor order) under preset p, by llama.cpp's rules.
+// Throws lowrank::Error naming the file and tensor when a tensor cannot be stored in the
+// chosen type and llama.cpp defines no fallback (e.g. Q8_0 for rows not a multiple of 32).
+std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p);
+
+struct QuantizeStats {
+  int64_t tensors = 0, requantized = 0, copied = 0, fallbacks = 0;
+  uint64_t bytes_in = 0, bytes_out = 0;  // tensor data only
+  int64_t elements = 0;
+};
+
+// Writes in (any GGUF this engine reads) requantized to preset p at out: metadata copied,
+// general.file_type and general.quantization_version set, split keys removed; tensors in the
+// input's order, each either copied (same type) or dequantized and quantized. out is written
+// atomically (GgufWriter: out.tmp, then rename). threads <= 0: OpenMP's default.
+QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p,
+                            int threads = 0);
+
+}  // namespace lowrank
