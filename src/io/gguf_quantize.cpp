@@ -20,7 +20,7 @@ namespace {
 enum Ftype : uint32_t {
   ALL_F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 7, Q5_0 = 8, Q5_1 = 9, Q2_K = 10, Q3_K_S = 11,
   Q3_K_M = 12, Q3_K_L = 13, Q4_K_S = 14, Q4_K_M = 15, Q5_K_S = 16, Q5_K_M = 17, Q6_K = 18,
-  IQ4_NL = 25, IQ4_XS = 30, BF16 = 32,
+  IQ4_NL = 25, IQ4_XS = 30, BF16 = 32, TQ1_0 = 36, TQ2_0 = 37, MXFP4_MOE = 38,
 };
 
 struct PresetRow {
@@ -35,7 +35,8 @@ const PresetRow kPresets[] = {
     {"Q3_K_S", Q3_K_S, DType::Q3_K},  {"Q3_K_M", Q3_K_M, DType::Q3_K},  {"Q3_K_L", Q3_K_L, DType::Q3_K},
     {"Q4_K_S", Q4_K_S, DType::Q4_K},  {"Q4_K_M", Q4_K_M, DType::Q4_K},  {"Q5_K_S", Q5_K_S, DType::Q5_K},
     {"Q5_K_M", Q5_K_M, DType::Q5_K},  {"Q6_K", Q6_K, DType::Q6_K},      {"IQ4_NL", IQ4_NL, DType::IQ4_NL},
-    {"IQ4_XS", IQ4_XS, DType::IQ4_XS},
+    {"IQ4_XS", IQ4_XS, DType::IQ4_XS},  {"TQ1_0", TQ1_0, DType::TQ1_0},  {"TQ2_0", TQ2_0, DType::TQ2_0},
+    {"MXFP4_MOE", MXFP4_MOE, DType::MXFP4},
 };
 // llama-quantize's aliases.
 const std::pair<const char*, const char*> kAliases[] = {{"Q3_K", "Q3_K_M"}, {"Q4_K", "Q4_K_M"}, {"Q5_K", "Q5_K_M"}};
@@ -98,16 +99,6 @@ bool allows_quantization(const std::string& name, const std::vector<int64_t>& ne
   return name != "position_embd.weight" && name != "token_types.weight";
 }
 
-// The model facts the rules read.
-struct Hparams {
-  std::string arch;
-  int n_layer = 0;
-  int n_head = 0, n_head_kv = 0;
-  int n_expert = 0;
-  bool is_70b = false;
-  int n_gqa() const { return n_head_kv > 0 ? n_head / n_head_kv : 0; }
-};
-
 int layer_of(const std::string& name) {
   int l = -1;
   if (std::sscanf(name.c_str(), "blk.%d.", &l) != 1) return -1;
@@ -115,11 +106,13 @@ int layer_of(const std::string& name) {
 }
 
 struct State {
-  Hparams hp;
+  QuantModelInfo hp;
   int n_attention_wv = 0, i_attention_wv = 0;
   int n_ffn_down = 0, i_ffn_down = 0, i_ffn_gate = 0, i_ffn_up = 0;
   bool tied = true;  // no output.weight: token_embd doubles as the output matrix
 };
+
+int n_gqa(const QuantModelInfo& h) { return h.n_head_kv > 0 ? h.n_head / h.n_head_kv : 0; }
 
 bool use_more_bits(int i_layer, int n_layers) {
   return i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2;
@@ -134,24 +127,30 @@ int layer_index(const State& s, int counter, const std::string& path, const std:
   return l;
 }
 
-// llama_tensor_get_type_impl for the presets above (the IQ1/IQ2/IQ3 and Q2_K_S mixtures, which
-// need an importance matrix, are not among them).
+// llama_tensor_get_type_impl for the presets above (the IQ1/IQ2/IQ3, Q2_K_S, Q1_0/Q2_0 and NVFP4
+// mixtures are not among them: the first need an importance matrix, the last have no codec here).
 DType mixture_type(State& s, DType t, const std::string& path, const std::string& name,
                    const std::vector<int64_t>& ne, uint32_t ftype, Category cat) {
   const bool falcon = s.hp.arch == "falcon";
   if (cat == Category::OUTPUT || (s.tied && cat == Category::TOKEN_EMBD)) {
-    if (falcon || ne[0] % dtype_block_elems(t) != 0) return DType::Q8_0;
+    if (ftype == MXFP4_MOE || falcon || ne[0] % dtype_block_elems(t) != 0) return DType::Q8_0;
     return t != DType::Q8_0 ? DType::Q6_K : t;
   }
-  if (cat == Category::TOKEN_EMBD) return t;  // only the IQ/TQ mixtures change it
+  if (ftype == MXFP4_MOE) {  // expert tensors (3-D) MXFP4, everything else Q8_0
+    const bool expert_role = cat == Category::FFN_UP || cat == Category::FFN_GATE || cat == Category::FFN_DOWN;
+    const bool expert = ne.size() > 2 && ne[2] > 1;
+    return expert && (s.hp.arch != "bailingmoe3" || expert_role) ? DType::MXFP4 : DType::Q8_0;
+  }
+  if (cat == Category::TOKEN_EMBD) return (ftype == TQ1_0 || ftype == TQ2_0) ? DType::Q4_K : t;
   if (is_attn_v_like(cat)) {
-    if (ftype == Q2_K) t = s.hp.n_gqa() >= 4 ? DType::Q4_K : DType::Q3_K;
+    if (ftype == Q2_K) t = n_gqa(s.hp) >= 4 ? DType::Q4_K : DType::Q3_K;
     else if (ftype == Q3_K_M) t = s.i_attention_wv < 2 ? DType::Q5_K : DType::Q4_K;
     else if (ftype == Q3_K_L) t = DType::Q5_K;
-    else if ((ftype == IQ4_NL || ftype == IQ4_XS) && s.hp.n_gqa() >= 4) t = DType::Q5_K;
+    else if ((ftype == IQ4_NL || ftype == IQ4_XS) && n_gqa(s.hp) >= 4) t = DType::Q5_K;
     else if ((ftype == Q4_K_M || ftype == Q5_K_M) && use_more_bits(s.i_attention_wv, s.n_attention_wv)) t = DType::Q6_K;
     else if (ftype == Q4_K_S && s.i_attention_wv < 4) t = DType::Q5_K;
-    if (s.hp.is_70b && (t == DType::Q3_K || t == DType::Q4_K)) t = DType::Q5_K;
+    const bool is_70b = s.hp.arch == "llama" && s.hp.n_layer == 80 && s.hp.n_head != s.hp.n_head_kv;
+    if (is_70b && (t == DType::Q3_K || t == DType::Q4_K)) t = DType::Q5_K;
     if (s.hp.n_expert == 8) t = DType::Q8_0;
     s.i_attention_wv++;
     return t;
@@ -230,28 +229,6 @@ bool weight_order(const std::string& a, const std::string& b) {
   return a < b;
 }
 
-Hparams hparams_of(const GgufFile& f) {
-  Hparams h;
-  h.arch = f.get_string("general.architecture", "");
-  const std::string p = h.arch + ".";
-  h.n_layer = int(f.get_int(p + "block_count", 0));
-  // head counts may be per-layer arrays in some families; the rules read layer 0's.
-  auto first = [&](const std::string& key, int64_t def) -> int64_t {
-    const GgufValue* v = f.find(key);
-    if (!v) return def;
-    if (v->is_array()) {
-      const std::vector<int64_t> a = v->as_int_array();
-      return a.empty() ? def : a[0];
-    }
-    return f.get_int(key, def);
-  };
-  h.n_head = int(first(p + "attention.head_count", 0));
-  h.n_head_kv = int(first(p + "attention.head_count_kv", h.n_head));
-  h.n_expert = int(f.get_int(p + "expert_count", 0));
-  h.is_70b = h.arch == "llama" && h.n_layer == 80 && h.n_head != h.n_head_kv;
-  return h;
-}
-
 }  // namespace
 
 bool quant_preset(const std::string& name, QuantPreset* out) {
@@ -273,11 +250,32 @@ std::vector<std::string> quant_preset_names() {
   return v;
 }
 
-std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p) {
-  const std::vector<GgufTensorInfo>& ts = f.tensors();
+QuantModelInfo quant_model_info(const GgufFile& f) {
+  QuantModelInfo h;
+  h.arch = f.get_string("general.architecture", "");
+  const std::string p = h.arch + ".";
+  h.n_layer = int(f.get_int(p + "block_count", 0));
+  // Head counts are per-layer arrays in some families; the rules read layer 0's.
+  auto first = [&](const std::string& key, int64_t def) -> int64_t {
+    const GgufValue* v = f.find(key);
+    if (!v) return def;
+    if (v->is_array()) {
+      const std::vector<int32_t> a = f.get_int_array(key);
+      return a.empty() ? def : a[0];
+    }
+    return f.get_int(key, def);
+  };
+  h.n_head = int(first(p + "attention.head_count", 0));
+  h.n_head_kv = int(first(p + "attention.head_count_kv", h.n_head));
+  h.n_expert = int(f.get_int(p + "expert_count", 0));
+  return h;
+}
+
+std::vector<TensorQuantPlan> plan_quantization(std::vector<TensorQuantPlan> ts, const QuantModelInfo& info,
+                                               const QuantPreset& p, bool pure, const std::string& path) {
   State s;
-  s.hp = hparams_of(f);
-  for (const GgufTensorInfo& t : ts) {
+  s.hp = info;
+  for (const TensorQuantPlan& t : ts) {
     const Category c = category_of(t.name);
     if (is_attn_v_like(c)) s.n_attention_wv++;
     if (c == Category::OUTPUT) s.tied = false;
@@ -286,29 +284,32 @@ std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPre
   std::vector<size_t> order(ts.size());
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weight_order(ts[a].name, ts[b].name); });
-  std::vector<TensorQuantPlan> plan(ts.size());
   const bool quantized_mix = dtype_is_quantized(p.default_type);
   for (size_t i : order) {
-    const GgufTensorInfo& t = ts[i];
-    TensorQuantPlan& tp = plan[i];
-    tp.name = t.name;
-    tp.ne = t.ne;
-    tp.from = t.dtype;
-    tp.to = t.dtype;
-    if (!allows_quantization(t.name, t.ne)) continue;
+    TensorQuantPlan& tp = ts[i];
+    tp.to = tp.from;
+    tp.fallback = false;
+    if (tp.ne.empty() || !allows_quantization(tp.name, tp.ne)) continue;
     DType nt = p.default_type;
     if (quantized_mix) {
-      nt = mixture_type(s, nt, f.path(), t.name, t.ne, p.ftype, category_of(t.name));
-      nt = fallback_type(f.path(), t.name, t.ne[0], nt, &tp.fallback);
+      if (!pure) nt = mixture_type(s, nt, path, tp.name, tp.ne, p.ftype, category_of(tp.name));
+      nt = fallback_type(path, tp.name, tp.ne[0], nt, &tp.fallback);
     }
     tp.to = nt;
   }
-  return plan;
+  return ts;
 }
 
-QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p, int threads) {
+std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p, bool pure) {
+  std::vector<TensorQuantPlan> ts;
+  for (const GgufTensorInfo& t : f.tensors()) ts.push_back(TensorQuantPlan{t.name, t.ne, t.dtype, t.dtype, false});
+  return plan_quantization(std::move(ts), quant_model_info(f), p, pure, f.path());
+}
+
+QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p, bool pure,
+                            int threads) {
   GgufFile f = GgufFile::open(in);
-  const std::vector<TensorQuantPlan> plan = plan_quantization(f, p);
+  const std::vector<TensorQuantPlan> plan = plan_quantization(f, p, pure);
   GgufWriter w;
   for (const auto& [key, v] : f.metadata()) w.set_raw(key, v);
   w.set_u32("general.quantization_version", 2);  // GGML_QNT_VERSION

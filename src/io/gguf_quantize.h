@@ -22,8 +22,9 @@ struct QuantPreset {
 };
 
 // The presets this engine writes: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
-// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS (and llama-quantize's
-// aliases Q3_K, Q4_K, Q5_K for the _M variants). Case-insensitive; false if unknown.
+// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4_MOE
+// (and llama-quantize's aliases Q3_K, Q4_K, Q5_K for the _M variants). Case-insensitive; false
+// if unknown.
 bool quant_preset(const std::string& name, QuantPreset* out);
 std::vector<std::string> quant_preset_names();
 
@@ -36,10 +37,24 @@ struct TensorQuantPlan {
   bool fallback = false;     // the mixture's type did not fit the row length (llama.cpp's fallback)
 };
 
-// The type of every tensor of f (in f's tensor order) under preset p, by llama.cpp's rules.
+// The type of every tensor of f (in f's tensor order) under preset p, by llama.cpp's rules;
+// pure (llama-quantize --pure): every quantizable tensor gets the preset's default type, no
+// per-tensor mixture (the row-length fallback still applies).
 // Throws lowrank::Error naming the file and tensor when a tensor cannot be stored in the
 // chosen type and llama.cpp defines no fallback (e.g. Q8_0 for rows not a multiple of 32).
-std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p);
+std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p, bool pure = false);
+
+// The model facts the rules read: general.architecture and its block_count, head counts
+// (layer 0's when per-layer arrays) and expert_count.
+struct QuantModelInfo {
+  std::string arch;
+  int n_layer = 0, n_head = 0, n_head_kv = 0, n_expert = 0;
+};
+QuantModelInfo quant_model_info(const GgufFile& f);
+// The same rules on a list of tensors (name, ne and from filled in; to and fallback are set);
+// path names the model in messages.
+std::vector<TensorQuantPlan> plan_quantization(std::vector<TensorQuantPlan> tensors, const QuantModelInfo& info,
+                                               const QuantPreset& p, bool pure, const std::string& path);
 
 struct QuantizeStats {
   int64_t tensors = 0, requantized = 0, copied = 0, fallbacks = 0;
@@ -52,6 +67,6 @@ struct QuantizeStats {
 // input's order, each either copied (same type) or dequantized and quantized. out is written
 // atomically (GgufWriter: out.tmp, then rename). threads <= 0: OpenMP's default.
 QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p,
-                            int threads = 0);
+                            bool pure = false, int threads = 0);
 
 }  // namespace lowrank

@@ -153,12 +153,13 @@ void run_quant_bench(const BenchOpts& o) {
 void add_quantize(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("quantize", "Requantize a GGUF model with llama.cpp's mixture presets (Q4_K_M, Q8_0, ...)");
-    struct Opts { std::string model, out, type; int threads = 0; bool dry_run = false, json = false; };
+    struct Opts { std::string model, out, type; int threads = 0; bool pure = false, dry_run = false, json = false; };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Input .gguf model (any type this engine reads)")->required();
     cmd->add_option("--out", o->out, "Output .gguf file (written atomically)");
     cmd->add_option("--type", o->type, "Preset: " + join(quant_preset_names()) + " (also Q3_K, Q4_K, Q5_K = _M)")->required();
     cmd->add_option("--threads", o->threads, "Threads (default: OpenMP's)");
+    cmd->add_flag("--pure", o->pure, "Every quantizable tensor in the preset's type (no per-tensor mixture)");
     cmd->add_flag("--dry-run", o->dry_run, "Print the type of every tensor and write nothing");
     cmd->add_flag("--json", o->json, "Summary as one JSON line on stdout");
     cmd->callback([o] {
@@ -166,7 +167,7 @@ void add_quantize(CLI::App& app) {
       if (!quant_preset(o->type, &p)) fail("--type ", o->type, ": unknown preset; one of ", join(quant_preset_names()));
       if (o->dry_run) {
         GgufFile f = GgufFile::open(o->model);
-        for (const TensorQuantPlan& t : plan_quantization(f, p)) {
+        for (const TensorQuantPlan& t : plan_quantization(f, p, o->pure)) {
           std::printf("%-40s %-8s -> %-8s%s\n", t.name.c_str(), dtype_name(t.from), dtype_name(t.to),
                       t.fallback ? "  (fallback: row length)" : "");
         }
@@ -175,7 +176,7 @@ void add_quantize(CLI::App& app) {
       if (o->out.empty()) fail("--out is required (or --dry-run)");
       check_out_path(o->model, o->out);
       const auto t0 = std::chrono::steady_clock::now();
-      const QuantizeStats st = quantize_gguf(o->model, o->out, p, o->threads);
+      const QuantizeStats st = quantize_gguf(o->model, o->out, p, o->pure, o->threads);
       const double secs = seconds_since(t0);
       const double bpw = st.elements ? 8.0 * double(st.bytes_out) / double(st.elements) : 0;
       if (o->json) {

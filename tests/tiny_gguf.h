@@ -1,0 +1,87 @@
+// A tiny random llama model written as an F32 GGUF with GgufWriter: llama.* hyper-parameters,
+// a SentencePiece-style vocabulary llama.cpp accepts (<unk>, <s>, </s>, the 256 byte tokens and
+// filler pieces), F32 norms and uniformly random F32 matrices. For the quantize tests.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/gguf.h"
+
+struct TinyLlamaSpec {
+  int64_t dim = 256, ffn = 512, n_layer = 2, n_head = 4, n_head_kv = 2, vocab = 512;
+  float std = 0.25f;   // weight standard deviation (large: peaked predictions)
+  uint32_t seed = 1;
+  bool tied = false;   // no output.weight
+};
+
+inline void write_tiny_llama_gguf(const std::string& path, const TinyLlamaSpec& s) {
+  using namespace lowrank;
+  GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  w.set_string("general.name", "tiny-random-llama");
+  w.set_u32("general.file_type", 0);  // ALL_F32
+  w.set_u32("llama.context_length", 256);
+  w.set_u32("llama.embedding_length", uint32_t(s.dim));
+  w.set_u32("llama.block_count", uint32_t(s.n_layer));
+  w.set_u32("llama.feed_forward_length", uint32_t(s.ffn));
+  w.set_u32("llama.attention.head_count", uint32_t(s.n_head));
+  w.set_u32("llama.attention.head_count_kv", uint32_t(s.n_head_kv));
+  w.set_u32("llama.rope.dimension_count", uint32_t(s.dim / s.n_head));
+  w.set_f32("llama.rope.freq_base", 10000.0f);
+  w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<float> scores = {0, 0, 0};
+  std::vector<int32_t> types = {2, 3, 3};
+  const char* hex = "0123456789ABCDEF";
+  for (int b = 0; b < 256; b++) {
+    tokens.push_back(std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">");
+    scores.push_back(0);
+    types.push_back(6);
+  }
+  for (int64_t i = int64_t(tokens.size()); i < s.vocab; i++) {
+    tokens.push_back("\xe2\x96\x81t" + std::to_string(i));  // "▁t<i>"
+    scores.push_back(-float(i));
+    types.push_back(1);
+  }
+  w.set_string("tokenizer.ggml.model", "llama");
+  w.set_string_array("tokenizer.ggml.tokens", tokens);
+  w.set_f32_array("tokenizer.ggml.scores", scores);
+  w.set_i32_array("tokenizer.ggml.token_type", types);
+  w.set_u32("tokenizer.ggml.bos_token_id", 1);
+  w.set_u32("tokenizer.ggml.eos_token_id", 2);
+  w.set_u32("tokenizer.ggml.unknown_token_id", 0);
+
+  std::mt19937 rng(s.seed);
+  const float a = s.std * std::sqrt(3.0f);
+  std::uniform_real_distribution<float> u(-a, a);
+  auto mat = [&](const std::string& name, int64_t cols, int64_t rows) {
+    std::vector<float> v(static_cast<size_t>(rows * cols));  // (rows, cols)
+    for (float& x : v) x = u(rng);
+    w.add_tensor_f32(name, {cols, rows}, v.data());
+  };
+  auto norm = [&](const std::string& name) {
+    std::vector<float> v(static_cast<size_t>(s.dim));  // (dim)
+    for (float& x : v) x = 1.0f + 0.1f * u(rng) / a;
+    w.add_tensor_f32(name, {s.dim}, v.data());
+  };
+  const int64_t hd = s.dim / s.n_head;
+  mat("token_embd.weight", s.dim, s.vocab);
+  for (int64_t l = 0; l < s.n_layer; l++) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    norm(p + "attn_norm.weight");
+    mat(p + "attn_q.weight", s.dim, s.n_head * hd);
+    mat(p + "attn_k.weight", s.dim, s.n_head_kv * hd);
+    mat(p + "attn_v.weight", s.dim, s.n_head_kv * hd);
+    mat(p + "attn_output.weight", s.n_head * hd, s.dim);
+    norm(p + "ffn_norm.weight");
+    mat(p + "ffn_gate.weight", s.dim, s.ffn);
+    mat(p + "ffn_up.weight", s.dim, s.ffn);
+    mat(p + "ffn_down.weight", s.ffn, s.dim);
+  }
+  norm("output_norm.weight");
+  if (!s.tied) mat("output.weight", s.dim, s.vocab);
+  w.write(path);
+}
