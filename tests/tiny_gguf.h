@@ -12,7 +12,8 @@
 
 struct TinyLlamaSpec {
   int64_t dim = 256, ffn = 512, n_layer = 2, n_head = 4, n_head_kv = 2, vocab = 512;
-  float std = 0.25f;   // weight standard deviation (large: peaked predictions)
+  float std = 0.05f;       // layer matrices: gain about 1 per layer (0.05·√256 = 0.8)
+  float std_out = 0.3f;    // token_embd and output: logits of std ~5, peaked predictions
   uint32_t seed = 1;
   bool tied = false;   // no output.weight
 };
@@ -55,33 +56,32 @@ inline void write_tiny_llama_gguf(const std::string& path, const TinyLlamaSpec& 
   w.set_u32("tokenizer.ggml.unknown_token_id", 0);
 
   std::mt19937 rng(s.seed);
-  const float a = s.std * std::sqrt(3.0f);
-  std::uniform_real_distribution<float> u(-a, a);
-  auto mat = [&](const std::string& name, int64_t cols, int64_t rows) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto mat = [&](const std::string& name, int64_t cols, int64_t rows, float sd) {
     std::vector<float> v(static_cast<size_t>(rows * cols));  // (rows, cols)
-    for (float& x : v) x = u(rng);
+    for (float& x : v) x = sd * std::sqrt(3.0f) * u(rng);
     w.add_tensor_f32(name, {cols, rows}, v.data());
   };
   auto norm = [&](const std::string& name) {
     std::vector<float> v(static_cast<size_t>(s.dim));  // (dim)
-    for (float& x : v) x = 1.0f + 0.1f * u(rng) / a;
+    for (float& x : v) x = 1.0f + 0.1f * u(rng);
     w.add_tensor_f32(name, {s.dim}, v.data());
   };
   const int64_t hd = s.dim / s.n_head;
-  mat("token_embd.weight", s.dim, s.vocab);
+  mat("token_embd.weight", s.dim, s.vocab, s.std_out);
   for (int64_t l = 0; l < s.n_layer; l++) {
     const std::string p = "blk." + std::to_string(l) + ".";
     norm(p + "attn_norm.weight");
-    mat(p + "attn_q.weight", s.dim, s.n_head * hd);
-    mat(p + "attn_k.weight", s.dim, s.n_head_kv * hd);
-    mat(p + "attn_v.weight", s.dim, s.n_head_kv * hd);
-    mat(p + "attn_output.weight", s.n_head * hd, s.dim);
+    mat(p + "attn_q.weight", s.dim, s.n_head * hd, s.std);
+    mat(p + "attn_k.weight", s.dim, s.n_head_kv * hd, s.std);
+    mat(p + "attn_v.weight", s.dim, s.n_head_kv * hd, s.std);
+    mat(p + "attn_output.weight", s.n_head * hd, s.dim, s.std);
     norm(p + "ffn_norm.weight");
-    mat(p + "ffn_gate.weight", s.dim, s.ffn);
-    mat(p + "ffn_up.weight", s.dim, s.ffn);
-    mat(p + "ffn_down.weight", s.ffn, s.dim);
+    mat(p + "ffn_gate.weight", s.dim, s.ffn, s.std);
+    mat(p + "ffn_up.weight", s.dim, s.ffn, s.std);
+    mat(p + "ffn_down.weight", s.ffn, s.dim, s.std);
   }
   norm("output_norm.weight");
-  if (!s.tied) mat("output.weight", s.dim, s.vocab);
+  if (!s.tied) mat("output.weight", s.dim, s.vocab, s.std_out);
   w.write(path);
 }
