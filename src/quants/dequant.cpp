@@ -6,6 +6,10 @@
 
 #include <cstring>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "quants/grids.h"
 #include "quants/half.h"
 
@@ -36,7 +40,12 @@ inline float grid_i8(uint64_t g, int j) { return float(int8_t(uint8_t(g >> (8 * 
 // ---- plain ------------------------------------------------------------------------------
 
 void dq_f16(const uint8_t* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] = load_f16(src + 2 * i);
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)  // exact: every half is a float
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+#endif
+  for (; i < n; i++) y[i] = load_f16(src + 2 * i);
 }
 void dq_bf16(const uint8_t* src, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(load_u16(src + 2 * i));
@@ -117,15 +126,32 @@ void dq_q8_1(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
   }
 }
 
+// A code byte's two 4-bit levels as floats: pair[b] = {v[b & 15], v[b >> 4]}.
+struct NibblePairs {
+  alignas(32) float pair[256][2];
+  explicit NibblePairs(const int8_t* v) {
+    for (int b = 0; b < 256; b++) pair[b][0] = float(v[b & 15]), pair[b][1] = float(v[b >> 4]);
+  }
+};
+const NibblePairs& iq4_pairs() {
+  static const NibblePairs t(kIq4nlValues);
+  return t;
+}
+const NibblePairs& fp4_pairs() {
+  static const NibblePairs t(kMxfp4Values);
+  return t;
+}
+
 // IQ4_NL (18 bytes): f16 d | u8 qs[16]. y[j] = d·v[lo(qs[j])], y[j+16] = d·v[hi(qs[j])] with
 // v the 16 non-linear levels.
 void dq_iq4_nl(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const NibblePairs& t = iq4_pairs();
   for (int64_t b = 0; b < nb; b++, src += 18, y += 32) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;  // [16]
     for (int j = 0; j < 16; j++) {
-      y[j] = d * float(kIq4nlValues[qs[j] & 15]);
-      y[j + 16] = d * float(kIq4nlValues[qs[j] >> 4]);
+      y[j] = d * t.pair[qs[j]][0];
+      y[j + 16] = d * t.pair[qs[j]][1];
     }
   }
 }
@@ -142,12 +168,13 @@ inline float e8m0_half(uint8_t e) {
 // MXFP4 (17 bytes): u8 e | u8 qs[16]. y[j] = v[lo(qs[j])]·2^(e−128), y[j+16] = v[hi]·…, with v
 // the doubled E2M1 values.
 void dq_mxfp4(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const NibblePairs& t = fp4_pairs();
   for (int64_t b = 0; b < nb; b++, src += 17, y += 32) {
     const float d = e8m0_half(src[0]);
     const uint8_t* qs = src + 1;  // [16]
     for (int j = 0; j < 16; j++) {
-      y[j] = d * float(kMxfp4Values[qs[j] & 15]);
-      y[j + 16] = d * float(kMxfp4Values[qs[j] >> 4]);
+      y[j] = d * t.pair[qs[j]][0];
+      y[j + 16] = d * t.pair[qs[j]][1];
     }
   }
 }
@@ -321,6 +348,7 @@ void dq_q8_k(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
 // Group g (32 elements): ls = nibble (g%2) of scales_l[g/2] | bits 2g..2g+1 of scales_h << 4,
 // dl = d·(ls − 32); y[32g+j] = dl·v[lo(qs[16g+j])], y[32g+16+j] = dl·v[hi(qs[16g+j])].
 void dq_iq4_xs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const NibblePairs& t = iq4_pairs();
   for (int64_t b = 0; b < nb; b++, src += 136, y += 256) {
     const float d = load_f16(src);
     const uint16_t sh = load_u16(src + 2);
@@ -332,8 +360,8 @@ void dq_iq4_xs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
       const uint8_t* q = qs + 16 * g;
       float* yy = y + 32 * g;
       for (int j = 0; j < 16; j++) {
-        yy[j] = dl * float(kIq4nlValues[q[j] & 15]);
-        yy[j + 16] = dl * float(kIq4nlValues[q[j] >> 4]);
+        yy[j] = dl * t.pair[q[j]][0];
+        yy[j + 16] = dl * t.pair[q[j]][1];
       }
     }
   }
@@ -381,41 +409,91 @@ void dq_tq2_0(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
 
 // ---- i-quants ---------------------------------------------------------------------------
 
-// IQ2_XXS expanded to floats once: grid[256][8] magnitudes and signs[128][8] of +-1, so the
-// inner loop is one 8-wide multiply instead of byte extraction (IQ2_XXS is the bulk of a
-// 2-bit model, and the f32 tile path decodes it for every prefill and training step).
-struct Iq2xxsFloatTables {
-  alignas(32) float grid[256][8];   // grid[i][j] = byte j of kIq2xxsGrid[i]
-  alignas(32) float signs[128][8];  // signs[s][j] = -1 if bit j of kIqSigns[s] else +1
-  Iq2xxsFloatTables() {
-    for (int i = 0; i < 256; i++)
-      for (int j = 0; j < 8; j++) grid[i][j] = grid_u8(kIq2xxsGrid[i], j);
+// The IQ grids expanded to floats once (entry i, element j -> value), and sign bytes as 8
+// factors of +-1, so the inner loops are 8-wide multiplies instead of byte extraction. IQ2_XXS
+// is the bulk of a 2-bit model, and the f32 tile path decodes it for every prefill and
+// training step.
+template <int N, int W>
+struct FloatGrid {
+  alignas(32) float v[N][8];  // v[i][j] = element j of grid point i (W = 8 or 4 elements a point)
+};
+template <int N, typename T>
+FloatGrid<N, 8> expand_grid8(const T* grid, bool is_signed) {
+  FloatGrid<N, 8> g;
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < 8; j++) g.v[i][j] = is_signed ? grid_i8(grid[i], j) : grid_u8(grid[i], j);
+  return g;
+}
+template <int N>
+FloatGrid<N, 4> expand_grid4(const uint32_t* grid) {
+  FloatGrid<N, 4> g;
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < 8; j++) g.v[i][j] = j < 4 ? grid_u8(grid[i], j) : 0.0f;
+  return g;
+}
+struct SignTables {
+  alignas(32) float parity[128][8];  // kIqSigns[s] as factors
+  alignas(32) float raw[256][8];     // a plain sign byte as factors
+  SignTables() {
     for (int s = 0; s < 128; s++)
-      for (int j = 0; j < 8; j++) signs[s][j] = sign_of(kIqSigns[s], j);
+      for (int j = 0; j < 8; j++) parity[s][j] = sign_of(kIqSigns[s], j);
+    for (int s = 0; s < 256; s++)
+      for (int j = 0; j < 8; j++) raw[s][j] = sign_of(uint32_t(s), j);
   }
 };
-
-const Iq2xxsFloatTables& iq2xxs_float_tables() {
-  static const Iq2xxsFloatTables t;
+const SignTables& signs() {
+  static const SignTables t;
   return t;
+}
+const FloatGrid<256, 8>& iq2xxs_grid() {
+  static const auto g = expand_grid8<256>(kIq2xxsGrid, false);
+  return g;
+}
+const FloatGrid<512, 8>& iq2xs_grid() {
+  static const auto g = expand_grid8<512>(kIq2xsGrid, false);
+  return g;
+}
+const FloatGrid<1024, 8>& iq2s_grid() {
+  static const auto g = expand_grid8<1024>(kIq2sGrid, false);
+  return g;
+}
+const FloatGrid<2048, 8>& iq1s_grid() {
+  static const auto g = expand_grid8<2048>(kIq1sGrid, true);
+  return g;
+}
+const FloatGrid<256, 4>& iq3xxs_grid() {
+  static const auto g = expand_grid4<256>(kIq3xxsGrid);
+  return g;
+}
+const FloatGrid<512, 4>& iq3s_grid() {
+  static const auto g = expand_grid4<512>(kIq3sGrid);
+  return g;
+}
+
+// y[0..8) = scale · a[0..8) · sign[0..8)
+inline void put8(float* __restrict y, float scale, const float* __restrict a, const float* __restrict sign) {
+  for (int j = 0; j < 8; j++) y[j] = scale * a[j] * sign[j];
+}
+// y[0..4) from a[0..4), y[4..8) from b[0..4)
+inline void put4x2(float* __restrict y, float scale, const float* __restrict a, const float* __restrict b,
+                   const float* __restrict sign) {
+  for (int j = 0; j < 4; j++) y[j] = scale * a[j] * sign[j];
+  for (int j = 0; j < 4; j++) y[4 + j] = scale * b[j] * sign[4 + j];
 }
 
 // IQ2_XXS (66 bytes): f16 d | u16 qs[32]. Group g (32 elements) = words w0, w1 at byte
 // 2 + 8g: byte k of w0 indexes the grid (8 magnitudes for elements 8k..8k+7), the 7-bit field
 // k of w1 picks the sign byte, w1 >> 28 is the 4-bit group scale: d·(0.5 + s)·0.25.
 void dq_iq2_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
-  const Iq2xxsFloatTables& tab = iq2xxs_float_tables();
+  const auto& grid = iq2xxs_grid();
+  const auto& sg = signs();
   for (int64_t b = 0; b < nb; b++, src += 66, y += 256) {
     const float d = load_f16(src);
     for (int g = 0; g < 8; g++) {
       const uint32_t w0 = load_u32(src + 2 + 8 * g), w1 = load_u32(src + 6 + 8 * g);
       const float db = d * (0.5f + float(w1 >> 28)) * 0.25f;
-      for (int k = 0; k < 4; k++) {
-        const float* __restrict grid = tab.grid[(w0 >> (8 * k)) & 255];
-        const float* __restrict sign = tab.signs[(w1 >> (7 * k)) & 127];
-        float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = db * grid[j] * sign[j];
-      }
+      for (int k = 0; k < 4; k++)
+        put8(y + 32 * g + 8 * k, db, grid.v[(w0 >> (8 * k)) & 255], sg.parity[(w1 >> (7 * k)) & 127]);
     }
   }
 }
@@ -424,6 +502,8 @@ void dq_iq2_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) 
 // scales (low nibble for its first 16 elements, high for the last 16): d·(0.5 + s)·0.25.
 // Word qs[4g + k]: bits 0-8 index the 512-point grid, bits 9-15 pick the sign byte.
 void dq_iq2_xs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq2xs_grid();
+  const auto& sg = signs();
   for (int64_t b = 0; b < nb; b++, src += 74, y += 256) {
     const float d = load_f16(src);
     const uint8_t* scales = src + 66;  // [8]
@@ -432,10 +512,7 @@ void dq_iq2_xs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
                            d * (0.5f + float(scales[g] >> 4)) * 0.25f};
       for (int k = 0; k < 4; k++) {
         const uint16_t w = load_u16(src + 2 + 2 * (4 * g + k));
-        const uint64_t grid = kIq2xsGrid[w & 511];
-        const uint32_t signs = kIqSigns[w >> 9];
-        float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = db[k / 2] * grid_u8(grid, j) * sign_of(signs, j);
+        put8(y + 32 * g + 8 * k, db[k / 2], grid.v[w & 511], sg.parity[w >> 9]);
       }
     }
   }
@@ -445,6 +522,8 @@ void dq_iq2_xs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
 // Group g, sub-group k (8 elements): grid index qs[4g + k] | (bits 2k..2k+1 of qh[g]) << 8
 // (1024 points), sign byte signs[4g + k] (bit j set = negative), scale as IQ2_XS.
 void dq_iq2_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq2s_grid();
+  const auto& sg = signs();
   for (int64_t b = 0; b < nb; b++, src += 82, y += 256) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;       // [32]
@@ -456,10 +535,7 @@ void dq_iq2_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
                            d * (0.5f + float(scales[g] >> 4)) * 0.25f};
       for (int k = 0; k < 4; k++) {
         const int idx = qs[4 * g + k] | (((qh[g] >> (2 * k)) & 3) << 8);
-        const uint64_t grid = kIq2sGrid[idx];
-        const uint32_t sg = signs[4 * g + k];
-        float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = db[k / 2] * grid_u8(grid, j) * sign_of(sg, j);
+        put8(y + 32 * g + 8 * k, db[k / 2], grid.v[idx], sg.raw[signs[4 * g + k]]);
       }
     }
   }
@@ -470,6 +546,8 @@ void dq_iq2_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
 // takes sign byte kIqSigns[(w >> 7k) & 127] and two 4-magnitude grid points qs[8g + 2k],
 // qs[8g + 2k + 1] (elements 0-3 and 4-7).
 void dq_iq3_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq3xxs_grid();
+  const auto& sg = signs();
   for (int64_t b = 0; b < nb; b++, src += 98, y += 256) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;  // [64]
@@ -477,11 +555,8 @@ void dq_iq3_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) 
       const uint32_t w = load_u32(src + 66 + 4 * g);
       const float db = d * (0.5f + float(w >> 28)) * 0.5f;
       for (int k = 0; k < 4; k++) {
-        const uint32_t signs = kIqSigns[(w >> (7 * k)) & 127];
-        const uint64_t grid = uint64_t(kIq3xxsGrid[qs[8 * g + 2 * k]]) |
-                              (uint64_t(kIq3xxsGrid[qs[8 * g + 2 * k + 1]]) << 32);
-        float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = db * grid_u8(grid, j) * sign_of(signs, j);
+        put4x2(y + 32 * g + 8 * k, db, grid.v[qs[8 * g + 2 * k]], grid.v[qs[8 * g + 2 * k + 1]],
+               sg.parity[(w >> (7 * k)) & 127]);
       }
     }
   }
@@ -492,6 +567,8 @@ void dq_iq3_xxs(const uint8_t* __restrict src, float* __restrict y, int64_t nb) 
 // points qs[8g + 2k] | (bit 2k of qh[g]) << 8 and qs[8g + 2k + 1] | (bit 2k+1 of qh[g]) << 8
 // (512 points, 4 magnitudes each), sign byte signs[4g + k].
 void dq_iq3_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq3s_grid();
+  const auto& sg = signs();
   for (int64_t b = 0; b < nb; b++, src += 110, y += 256) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;        // [64]
@@ -503,10 +580,7 @@ void dq_iq3_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
       for (int k = 0; k < 4; k++) {
         const int i0 = qs[8 * g + 2 * k] | (((qh[g] >> (2 * k)) & 1) << 8);
         const int i1 = qs[8 * g + 2 * k + 1] | (((qh[g] >> (2 * k + 1)) & 1) << 8);
-        const uint64_t grid = uint64_t(kIq3sGrid[i0]) | (uint64_t(kIq3sGrid[i1]) << 32);
-        const uint32_t sg = signs[4 * g + k];
-        float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = db * grid_u8(grid, j) * sign_of(sg, j);
+        put4x2(y + 32 * g + 8 * k, db, grid.v[i0], grid.v[i1], sg.raw[signs[4 * g + k]]);
       }
     }
   }
@@ -518,6 +592,7 @@ constexpr float kIq1Delta = 0.125f;  // IQ1S_DELTA = IQ1M_DELTA
 // dl = d·(2·((w >> 12) & 7) + 1), shift δ = −1/8 if bit 15 else +1/8; sub-group k: grid point
 // qs[4g + k] | ((w >> 3k) & 7) << 8 of 8 values in {−1, 0, 1}; y = dl·(v + δ).
 void dq_iq1_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq1s_grid();
   for (int64_t b = 0; b < nb; b++, src += 50, y += 256) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;  // [32]
@@ -526,9 +601,9 @@ void dq_iq1_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
       const float dl = d * float(2 * ((w >> 12) & 7) + 1);
       const float delta = (w & 0x8000) ? -kIq1Delta : kIq1Delta;
       for (int k = 0; k < 4; k++) {
-        const uint64_t grid = kIq1sGrid[qs[4 * g + k] | (((w >> (3 * k)) & 7) << 8)];
+        const float* v = grid.v[qs[4 * g + k] | (((w >> (3 * k)) & 7) << 8)];
         float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = dl * (grid_i8(grid, j) + delta);
+        for (int j = 0; j < 8; j++) yy[j] = dl * (v[j] + delta);
       }
     }
   }
@@ -541,6 +616,7 @@ void dq_iq1_s(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
 // dl = d·(2s + 1). Sub-group k uses byte qh[2g + k/2]: grid index qs[4g + k] | (bits 0-2 of
 // that byte (k even) or bits 4-6 (k odd)) << 8, δ = −1/8 if bit 3 (k even) / bit 7 (k odd).
 void dq_iq1_m(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const auto& grid = iq1s_grid();
   for (int64_t b = 0; b < nb; b++, src += 56, y += 256) {
     const uint8_t* qs = src;       // [32]
     const uint8_t* qh = src + 32;  // [16]
@@ -558,9 +634,9 @@ void dq_iq1_m(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
         const int hs = 4 * (k % 2);
         const int idx = qs[4 * g + k] | (((h >> hs) & 7) << 8);
         const float delta = ((h >> (hs + 3)) & 1) ? -kIq1Delta : kIq1Delta;
-        const uint64_t grid = kIq1sGrid[idx];
+        const float* v = grid.v[idx];
         float* yy = y + 32 * g + 8 * k;
-        for (int j = 0; j < 8; j++) yy[j] = dl[k / 2] * (grid_i8(grid, j) + delta);
+        for (int j = 0; j < 8; j++) yy[j] = dl[k / 2] * (v[j] + delta);
       }
     }
   }
