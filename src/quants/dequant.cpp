@@ -53,26 +53,54 @@ void dq_bf16(const uint8_t* src, float* y, int64_t n) {
 
 // ---- 32-element blocks ------------------------------------------------------------------
 
+// A code byte's two 4-bit levels as floats: pair[b] = {v[b & 15], v[b >> 4]}.
+struct NibblePairs {
+  alignas(32) float pair[256][2];
+  explicit NibblePairs(const int8_t* v) {
+    for (int b = 0; b < 256; b++) pair[b][0] = float(v[b & 15]), pair[b][1] = float(v[b >> 4]);
+  }
+};
+const NibblePairs& iq4_pairs() {
+  static const NibblePairs t(kIq4nlValues);
+  return t;
+}
+const NibblePairs& q4_0_pairs() {  // nibble − 8
+  static constexpr int8_t v[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+  static const NibblePairs t(v);
+  return t;
+}
+const NibblePairs& q4_1_pairs() {  // nibble
+  static constexpr int8_t v[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  static const NibblePairs t(v);
+  return t;
+}
+const NibblePairs& fp4_pairs() {
+  static const NibblePairs t(kMxfp4Values);
+  return t;
+}
+
 // Q4_0 (18 bytes): f16 d | u8 qs[16]. y[j] = d·(lo(qs[j]) − 8), y[j+16] = d·(hi(qs[j]) − 8).
 void dq_q4_0(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const NibblePairs& t = q4_0_pairs();
   for (int64_t b = 0; b < nb; b++, src += 18, y += 32) {
     const float d = load_f16(src);
     const uint8_t* qs = src + 2;  // [16]
     for (int j = 0; j < 16; j++) {
-      y[j] = d * float(int(qs[j] & 15) - 8);
-      y[j + 16] = d * float(int(qs[j] >> 4) - 8);
+      y[j] = d * t.pair[qs[j]][0];
+      y[j + 16] = d * t.pair[qs[j]][1];
     }
   }
 }
 
 // Q4_1 (20 bytes): f16 d | f16 m | u8 qs[16]. y[j] = d·lo(qs[j]) + m, y[j+16] = d·hi + m.
 void dq_q4_1(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
+  const NibblePairs& t = q4_1_pairs();
   for (int64_t b = 0; b < nb; b++, src += 20, y += 32) {
     const float d = load_f16(src), m = load_f16(src + 2);
     const uint8_t* qs = src + 4;  // [16]
     for (int j = 0; j < 16; j++) {
-      y[j] = d * float(qs[j] & 15) + m;
-      y[j + 16] = d * float(qs[j] >> 4) + m;
+      y[j] = d * t.pair[qs[j]][0] + m;
+      y[j + 16] = d * t.pair[qs[j]][1] + m;
     }
   }
 }
@@ -124,22 +152,6 @@ void dq_q8_1(const uint8_t* __restrict src, float* __restrict y, int64_t nb) {
     const int8_t* q = reinterpret_cast<const int8_t*>(src + 4);  // [32]
     for (int j = 0; j < 32; j++) y[j] = d * float(q[j]);
   }
-}
-
-// A code byte's two 4-bit levels as floats: pair[b] = {v[b & 15], v[b >> 4]}.
-struct NibblePairs {
-  alignas(32) float pair[256][2];
-  explicit NibblePairs(const int8_t* v) {
-    for (int b = 0; b < 256; b++) pair[b][0] = float(v[b & 15]), pair[b][1] = float(v[b >> 4]);
-  }
-};
-const NibblePairs& iq4_pairs() {
-  static const NibblePairs t(kIq4nlValues);
-  return t;
-}
-const NibblePairs& fp4_pairs() {
-  static const NibblePairs t(kMxfp4Values);
-  return t;
 }
 
 // IQ4_NL (18 bytes): f16 d | u8 qs[16]. y[j] = d·v[lo(qs[j])], y[j+16] = d·v[hi(qs[j])] with
