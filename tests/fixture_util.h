@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -37,7 +38,8 @@ inline std::string temp_dir(const std::string& name) {
   std::string d = std::string(LOWRANK_BINARY_DIR) + "/test-tmp";
   ::mkdir(d.c_str(), 0755);
   d += "/" + name;
-  std::system(("rm -rf '" + d + "'").c_str());
+  std::error_code ec;
+  std::filesystem::remove_all(d, ec);
   ::mkdir(d.c_str(), 0755);
   return d;
 }

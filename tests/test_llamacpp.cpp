@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "fixture_util.h"
+#include "proc_util.h"
 #include "lora/peft.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -87,7 +88,7 @@ std::string node_llama_cpp_prefix() {
   return "";
 }
 
-bool have_node() { return std::system("command -v node >/dev/null 2>&1") == 0; }
+bool have_node() { return run_process({"node", "--version"}, "", "").rc == 0; }
 
 std::string cli() { return std::string(LOWRANK_BINARY_DIR) + "/lowrank"; }
 std::string score_script() { return std::string(LOWRANK_SOURCE_DIR) + "/scripts/llamacpp_score.mjs"; }
@@ -108,25 +109,22 @@ std::string read_file(const std::string& p) {
 
 std::string tail(const std::string& s, size_t n = 3000) { return s.size() > n ? s.substr(s.size() - n) : s; }
 
-// Runs a shell command; stdout is returned, stderr goes to `log`. Fails the test (and returns
-// false) on a non-zero exit. With a label, prints how long the command took.
+// Runs a command (words quoted with q(), split without a shell); stdout is returned, stderr is
+// appended to `log`. Fails the test (and returns false) on a non-zero exit. With a label,
+// prints how long the command took.
 bool run(const std::string& cmd, const std::string& log, std::string& out, const char* label = nullptr) {
   out.clear();
   const auto t0 = std::chrono::steady_clock::now();
   std::ofstream(log, std::ios::app) << "\n$ " << cmd << "\n";
-  FILE* p = ::popen((cmd + " 2>>" + q(log)).c_str(), "r");
-  if (!p) {
-    ADD_FAILURE() << "popen failed: " << cmd;
-    return false;
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = ::pclose(p);
+  const std::string out_file = log + ".stdout", err_file = log + ".stderr";
+  const ProcResult pr = run_process(split_words(cmd), out_file, err_file);
+  out = read_file(out_file);
+  std::ofstream(log, std::ios::app) << read_file(err_file);
   if (label)
     std::printf("[ llama.cpp ]   %5.1f s  %s\n",
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), label);  if (st != 0) {
-    ADD_FAILURE() << "command failed (status " << st << "): " << cmd << "\n--- stderr (tail):\n"
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), label);
+  if (pr.rc != 0) {
+    ADD_FAILURE() << "command failed (exit " << pr.rc << "): " << cmd << "\n--- stderr (tail):\n"
                   << tail(read_file(log));
     return false;
   }

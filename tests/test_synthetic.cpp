@@ -5,6 +5,8 @@
 // PyTorch implementation.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include <dirent.h>
 
 #include <fstream>
@@ -83,7 +85,8 @@ TEST_P(Synthetic, MergedDirectoryKeepsNamesAndDtypes) {
   std::vector<int32_t> ids = e["ids"].get<std::vector<int32_t>>();
   auto ad = load_peft_adapter(d + "/adapter");
   std::string out = std::string(LOWRANK_BINARY_DIR) + "/test-tmp-merged-" + GetParam();
-  std::system(("rm -rf '" + out + "'").c_str());
+  std::error_code ec;
+  std::filesystem::remove_all(out, ec);
   write_hf_model(d + "/model", out, {{ad.get(), 1.f}}, nullptr);
   auto m = load_hf_model(out);
   std::vector<float> merged = per_position_nll(*m, ids, {});

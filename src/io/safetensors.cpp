@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_error.h"
 
 namespace lowrank {
 
@@ -24,7 +25,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   auto f = MappedFile::open(path);
   SafetensorsFile st = parse(f->data(), f->size(), path);
   st.file_ = f;
-  for (Tensor& t : st.tensors_) t.owner = f;
+  for (Tensor& t : st.tensors_)
+    if (!t.owner) t.owner = f;  // aligned copies own their bytes
   return st;
 }
 
@@ -41,7 +43,7 @@ SafetensorsFile SafetensorsFile::parse(const uint8_t* bytes, size_t size, const 
   try {
     header = json::parse(bytes + 8, bytes + 8 + header_len);
   } catch (const std::exception& e) {
-    fail(name, ": header is not valid JSON: ", e.what());
+    fail(name, ": header is not valid JSON: ", json_error_text(e));
   }
   if (!header.is_object()) fail(name, ": header is not a JSON object");
   const uint8_t* data = bytes + 8 + header_len;
@@ -92,6 +94,15 @@ SafetensorsFile SafetensorsFile::parse(const uint8_t* bytes, size_t size, const 
            want, " bytes but data_offsets cover ", e - b);
     t.data = data + b;
     t.nbytes = size_t(e - b);
+    // Data at an offset that is not a multiple of the element size (legal in the format) is
+    // copied once into an aligned buffer, so every reader may use typed pointers on it.
+    const size_t align = size_t(dtype_block_bytes(t.dtype));
+    if (align > 1 && reinterpret_cast<uintptr_t>(t.data) % align != 0) {
+      auto copy = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<size_t>(t.nbytes, 1)]);
+      std::memcpy(copy.get(), t.data, t.nbytes);
+      t.data = copy.get();
+      t.owner = std::shared_ptr<const void>(copy, copy.get());
+    }
     ranges.push_back({b, e, key});
     st.index_[key] = st.tensors_.size();
     st.tensors_.push_back(std::move(t));

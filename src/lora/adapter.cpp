@@ -95,6 +95,10 @@ std::shared_ptr<Adapter> load_peft_adapter(const std::string& dir) {
     tg.module = module;
     FloatBuffer b = FloatBuffer::zeros(t.shape);
     to_f32(t.dtype, t.data, b.ptr(), b.n);
+    for (int64_t i = 0; i < b.n; i++)
+      if (!std::isfinite(b.ptr()[i]))
+        fail(st_path, ": tensor ", key, " has a non-finite value (", b.ptr()[i], ") at index ", i,
+             " (an adapter from a diverged training run?)");
     if (is_a) {
       tg.A = b;
       tg.r = t.shape[0];
@@ -120,7 +124,19 @@ std::shared_ptr<Adapter> load_peft_adapter(const std::string& dir) {
   return a;
 }
 
+std::string first_non_finite(const Adapter& a) {
+  for (const auto& [module, t] : a.targets)
+    for (const auto* buf : {&t.A, &t.B})
+      for (int64_t i = 0; i < buf->n; i++)
+        if (!std::isfinite(buf->ptr()[i]))
+          return module + (buf == &t.A ? ".lora_A" : ".lora_B") + "[" + std::to_string(i) + "] = " +
+                 std::to_string(buf->ptr()[i]);
+  return "";
+}
+
 void save_peft_adapter(const Adapter& a, const std::string& dir) {
+  const std::string bad = first_non_finite(a);
+  if (!bad.empty()) fail(dir, ": refusing to write an adapter with non-finite values (", bad, ")");
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) fail(dir, ": cannot create directory");
   std::vector<TensorToWrite> tensors;
   for (auto& [module, t] : a.targets) {
@@ -138,7 +154,10 @@ std::pair<std::string, float> parse_adapter_arg(const std::string& arg) {
     std::string tail = arg.substr(colon + 1);
     char* end = nullptr;
     float s = std::strtof(tail.c_str(), &end);
-    if (end && *end == 0) return {arg.substr(0, colon), s};
+    if (end && *end == 0) {
+      if (!std::isfinite(s)) fail("--adapter ", arg, ": the scale \"", tail, "\" is not a finite number");
+      return {arg.substr(0, colon), s};
+    }
   }
   return {arg, 1.0f};
 }

@@ -35,6 +35,9 @@ struct Adapter {
   void zero_grads();
 };
 
+// "module.lora_A[i] = nan" for the first non-finite value of any target, "" when all are finite.
+std::string first_non_finite(const Adapter& a);
+
 // A plain LoRA adapter equivalent (against the original base) to a trained PiSSA adapter:
 // A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r), r and α doubled (α·√2 with rsLoRA) so the
 // scale is unchanged. Returns a copy of `a` when it is not a PiSSA adapter.

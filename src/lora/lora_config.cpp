@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "core/json_error.h"
 
 namespace lowrank {
 
@@ -16,7 +17,7 @@ LoraConfig LoraConfig::from_json(const std::string& text, const std::string& pat
   try {
     j = json::parse(text);
   } catch (const std::exception& e) {
-    fail(path, ": not valid JSON: ", e.what());
+    fail(path, ": not valid JSON: ", json_error_text(e));
   }
   if (!j.is_object()) fail(path, ": expected a JSON object");
   LoraConfig c;
@@ -81,7 +82,7 @@ LoraConfig LoraConfig::from_json(const std::string& text, const std::string& pat
     }
     if (j.contains("task_type") && j["task_type"].is_string()) c.task_type = j["task_type"].get<std::string>();
   } catch (const json::exception& e) {
-    fail(path, ": bad field type: ", e.what());
+    fail(path, ": bad field type: ", json_error_text(e));
   }
   if (!c.target_regex.empty()) {
     try {

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/json_error.h"
 #include "core/mmap_file.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -47,7 +48,7 @@ TensorSource open_tensors(const std::string& dir) {
     try {
       j = json::parse(read_text_file(index));
     } catch (const json::exception& e) {
-      fail(index, ": not valid JSON: ", e.what());
+      fail(index, ": not valid JSON: ", json_error_text(e));
     }
     if (!j.contains("weight_map") || !j["weight_map"].is_object()) fail(index, ": missing weight_map");
     std::set<std::string> shards;
@@ -122,6 +123,15 @@ void init_linear(Linear& L, const TensorSource& src, const std::string& module, 
   if (bias) L.bias = load_vector(src, module + ".bias", out);
 }
 
+// tie_word_embeddings false (stated, or transformers' default for the family): the head must be
+// in the file; never fall back to the embeddings, which computes another model.
+Matrix load_untied_head(const TensorSource& src, const std::string& cfg_path, int64_t V, int64_t C) {
+  if (!src.find("lm_head.weight"))
+    fail(src.dir, ": missing tensor lm_head.weight (", cfg_path,
+         " has tie_word_embeddings false, explicitly or by the family's default)");
+  return load_matrix(src, "lm_head.weight", V, C, false);
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_hf_model(const std::string& dir) {
@@ -159,10 +169,10 @@ std::unique_ptr<Model> load_hf_model(const std::string& dir) {
     model->lm_head.module = "lm_head";
     model->lm_head.in = C;
     model->lm_head.out = V;
-    if (!c.tied && src.find("lm_head.weight"))
-      model->lm_head.W = load_matrix(src, "lm_head.weight", V, C, false);
-    else
+    if (c.tied)
       model->lm_head.W = model->wte;
+    else
+      model->lm_head.W = load_untied_head(src, cfg_path, V, C);
   } else {
     model->wte = load_matrix(src, "model.embed_tokens.weight", V, C, false);
     for (int64_t l = 0; l < c.n_layer; l++) {
@@ -185,12 +195,10 @@ std::unique_ptr<Model> load_hf_model(const std::string& dir) {
     model->lm_head.module = "lm_head";
     model->lm_head.in = C;
     model->lm_head.out = V;
-    if (c.tied || !src.find("lm_head.weight")) {
-      model->cfg.tied = true;
+    if (c.tied)
       model->lm_head.W = model->wte;
-    } else {
-      model->lm_head.W = load_matrix(src, "lm_head.weight", V, C, false);
-    }
+    else
+      model->lm_head.W = load_untied_head(src, cfg_path, V, C);
   }
   return model;
 }

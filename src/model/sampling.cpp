@@ -1,5 +1,9 @@
 #include "model/sampling.h"
 
+#include <cmath>
+
+#include "core/error.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -8,6 +12,10 @@
 namespace lowrank {
 
 int32_t sample_token(const float* logits, int64_t V, const SampleOptions& o, std::mt19937_64& rng) {
+  for (int64_t i = 0; i < V; i++)
+    if (!std::isfinite(logits[i]))
+      fail("the model produced a non-finite logit (", logits[i], " for token ", i,
+           "): its weights or an adapter hold NaN/Inf values");
   if (o.temperature <= 0.f) return int32_t(std::max_element(logits, logits + V) - logits);
   std::vector<int32_t> idx(static_cast<size_t>(V));
   std::iota(idx.begin(), idx.end(), 0);

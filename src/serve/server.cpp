@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_error.h"
 #include "lora/peft.h"
 #include "tokenizer/chat_template.h"
 
@@ -321,7 +322,7 @@ HttpResponse InferenceServer::handle(const HttpRequest& req) {
     }
     return error_response(404, "no route " + req.method + " " + req.path);
   } catch (const json::exception& e) {
-    return error_response(400, std::string("invalid JSON body: ") + e.what());
+    return error_response(400, std::string("invalid JSON body: ") + json_error_text(e));
   } catch (const Error& e) {
     return error_response(400, e.what());
   }

@@ -3128,4 +3128,10 @@ RenderedChat render_chat_with_spans(const std::string& tmpl, const std::vector<C
   return ChatTemplate(tmpl).render_with_spans(messages, bos_token, eos_token);
 }
 
+bool is_known_chat_role(const std::string& role) {
+  return role == "system" || role == "user" || role == "assistant" || role == "tool";
+}
+
+const char* known_chat_roles() { return "system, user, assistant, tool"; }
+
 }  // namespace lowrank

@@ -51,6 +51,11 @@ struct ChatMessage {
   std::string content;
 };
 
+// The roles chat templates are written for: system, user, assistant, tool. Other roles are
+// refused before rendering (templates silently drop or mis-render roles they do not know).
+bool is_known_chat_role(const std::string& role);
+const char* known_chat_roles();  // "system, user, assistant, tool", for messages
+
 // Rendered text plus, for each assistant message (in order), the [begin, end) byte range of
 // its content in `text`, extended over the end-of-turn token (see render_with_spans).
 struct RenderedChat {

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/json_error.h"
 #include "core/mmap_file.h"
 #include "tokenizer/tok_impl.h"
 
@@ -64,7 +65,7 @@ struct Loader {
     try {
       return json::parse(text);
     } catch (const json::exception& e) {
-      err(std::string("invalid JSON: ") + e.what());
+      err(std::string("invalid JSON: ") + json_error_text(e));
     }
   }
 
@@ -629,7 +630,7 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
   } catch (const Error&) {
     throw;
   } catch (const json::exception& e) {
-    L.err(std::string("malformed tokenizer.json: ") + e.what());
+    L.err(std::string("malformed tokenizer.json: ") + json_error_text(e));
   } catch (const std::exception& e) {
     L.err(std::string("cannot load tokenizer: ") + e.what());
   }
@@ -719,7 +720,7 @@ std::shared_ptr<Impl> load_hf(const std::string& text, const std::string& source
   } catch (const Error&) {
     throw;
   } catch (const json::exception& e) {
-    C.err(std::string("malformed tokenizer_config.json: ") + e.what());
+    C.err(std::string("malformed tokenizer_config.json: ") + json_error_text(e));
   }
   added.build_tries(split_special);
   finish_vocab(*im, added.special_set);
@@ -970,8 +971,8 @@ Tokenizer Tokenizer::from_hf_dir(const std::string& dir) {
   std::string tok_path = base + "tokenizer.json";
   std::string cfg_path = base + "tokenizer_config.json";
   if (!file_exists(tok_path)) fail("file ", tok_path, ": not found");
-  std::string tok_text = read_text_file(tok_path);
-  std::string cfg_text = file_exists(cfg_path) ? read_text_file(cfg_path) : std::string();
+  std::string tok_text = read_text_file(tok_path, kTokenizerFileCap);
+  std::string cfg_text = file_exists(cfg_path) ? read_text_file(cfg_path, kTokenizerFileCap) : std::string();
   auto im = tok::load_hf(tok_text, tok_path, cfg_text, cfg_path);
   std::string jinja = base + "chat_template.jinja";
   if (im->chat_template.empty() && file_exists(jinja)) im->chat_template = read_text_file(jinja);

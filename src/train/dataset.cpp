@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_error.h"
+#include "core/mmap_file.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 
@@ -24,6 +26,7 @@ static void score_range(Example& ex, size_t from, size_t to) {
 }
 
 std::vector<Example> load_jsonl(const std::string& path, const Tokenizer& tok, int64_t seq_len) {
+  check_regular_file(path);
   std::ifstream in(path);
   if (!in) fail(path, ": cannot open");
   std::vector<Example> out;
@@ -38,7 +41,7 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer& tok, i
     try {
       j = json::parse(line);
     } catch (const std::exception& e) {
-      fail(path, ":", lineno, ": not valid JSON: ", e.what());
+      fail(path, ":", lineno, ": not valid JSON: ", json_error_text(e));
     }
     if (!j.is_object()) fail(path, ":", lineno, ": expected a JSON object");
     Example ex;
@@ -74,7 +77,10 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer& tok, i
               !m["content"].is_string())
             fail(path, ":", lineno, ": each message needs string \"role\" and \"content\"");
           msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+          if (!is_known_chat_role(msgs.back().role))
+            fail(path, ":", lineno, ": unknown chat role \"", msgs.back().role, "\" (", known_chat_roles(), ")");
         }
+        if (msgs.empty()) fail(path, ":", lineno, ": \"messages\" is empty");
         if (tok.chat_template().empty())
           fail(path, ":", lineno, ": \"messages\" records need a chat template, and the tokenizer has none");
         RenderedChat rc = render_chat_with_spans(tok.chat_template(), msgs, tok.bos_token(), tok.eos_token());

@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 
 #include "core/error.h"
+#include "core/json_error.h"
 #include "core/mmap_file.h"
 #include "io/safetensors.h"
 
@@ -31,8 +33,8 @@ double lr_factor(const std::string& schedule, int64_t step, int64_t warmup, int6
   fail("unknown schedule \"", schedule, "\" (constant, linear, cosine)");
 }
 
-void AdamW::add(float* value, float* grad, int64_t n) {
-  params.push_back({value, grad, n});
+void AdamW::add(float* value, float* grad, int64_t n, std::string name) {
+  params.push_back({value, grad, n, std::move(name)});
   m.emplace_back(size_t(n), 0.f);
   v.emplace_back(size_t(n), 0.f);
 }
@@ -49,7 +51,18 @@ void AdamW::scale_grads(float s) {
     for (int64_t i = 0; i < p.n; i++) p.grad[i] *= s;
 }
 
-void AdamW::step(double lr, double beta1, double beta2, double eps, double wd) {
+std::string AdamW::first_non_finite(bool grads) const {
+  for (size_t k = 0; k < params.size(); k++) {
+    const float* x = grads ? params[k].grad : params[k].value;
+    for (int64_t i = 0; i < params[k].n; i++)
+      if (!std::isfinite(x[i]))
+        return (params[k].name.empty() ? "parameter " + std::to_string(k) : params[k].name) + "[" +
+               std::to_string(i) + "] = " + std::to_string(x[i]);
+  }
+  return "";
+}
+
+bool AdamW::step(double lr, double beta1, double beta2, double eps, double wd) {
   t++;
   // Same arithmetic as torch.optim.AdamW (single-tensor path), in f32.
   const float bc1 = float(1.0 - std::pow(beta1, double(t)));
@@ -57,11 +70,13 @@ void AdamW::step(double lr, double beta1, double beta2, double eps, double wd) {
   const float step_size = float(lr) / bc1;
   const float decay = float(1.0 - lr * wd);
   const float b1 = float(beta1), b2 = float(beta2), e = float(eps);
+  bool finite = true;
   for (size_t k = 0; k < params.size(); k++) {
     const Param& p = params[k];
     float* mk = m[k].data();
     float* vk = v[k].data();
-#pragma omp parallel for schedule(static) if (p.n > 65536)
+    int bad = 0;
+#pragma omp parallel for schedule(static) if (p.n > 65536) reduction(| : bad)
     for (int64_t i = 0; i < p.n; i++) {
       float g = p.grad[i];
       if (wd != 0) p.value[i] *= decay;
@@ -69,8 +84,11 @@ void AdamW::step(double lr, double beta1, double beta2, double eps, double wd) {
       vk[i] = vk[i] * b2 + (1.f - b2) * g * g;
       float denom = std::sqrt(vk[i]) / bc2_sqrt + e;
       p.value[i] -= step_size * mk[i] / denom;
+      bad |= !std::isfinite(p.value[i]);
     }
+    finite = finite && !bad;
   }
+  return finite;
 }
 
 double evaluate(Model& model, const std::vector<Example>& data, const std::vector<AdapterUse>& uses) {
@@ -83,7 +101,9 @@ double evaluate(Model& model, const std::vector<Example>& data, const std::vecto
     b.ids = ex.ids;
     b.targets = ex.targets;
     b.row_adapters = {uses};
-    total += model.forward(b, false);
+    const double sum = model.forward(b, false);
+    if (!std::isfinite(sum)) fail("evaluation: the loss is not finite (", sum, "): NaN/Inf weights or activations");
+    total += sum;
     n += ex.scored();
   }
   return n ? total / double(n) : 0.0;
@@ -146,12 +166,12 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
     Adapter& a = *model.adapters[size_t(model.trainable_adapter)];
     a.alloc_grads();
     for (auto& [name, t] : a.targets) {
-      opt.add(t.A.ptr(), t.dA.ptr(), t.A.n);
-      opt.add(t.B.ptr(), t.dB.ptr(), t.B.n);
+      opt.add(t.A.ptr(), t.dA.ptr(), t.A.n, name + ".lora_A");
+      opt.add(t.B.ptr(), t.dB.ptr(), t.B.n, name + ".lora_B");
     }
     uses.push_back({model.trainable_adapter, 1.f});
   }
-  for (Model::ParamRef& p : model.full_params()) opt.add(p.value, p.grad, p.n);
+  for (Model::ParamRef& p : model.full_params()) opt.add(p.value, p.grad, p.n, p.name);
   if (opt.params.empty()) fail("nothing to train: no trainable adapter and not --full");
 
   const int64_t per_step = o.batch * o.grad_accum;
@@ -178,7 +198,7 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
       model.dropout_step_ = st.at("dropout_step").get<uint64_t>();
       res.losses = st.at("losses").get<std::vector<double>>();
     } catch (const json::exception& e) {
-      fail(sp, ": bad trainer state: ", e.what());
+      fail(sp, ": bad trainer state: ", json_error_text(e));
     }
     load_optimizer(o.resume + "/optimizer.safetensors", opt);
   }
@@ -190,6 +210,20 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
     if (!log) fail(o.json_log, ": cannot open for writing");
   }
   const bool tty = isatty(2);
+  // Non-finite loss, gradients or weights stop the run before anything non-finite is saved:
+  // the message names the step and the tensor, and the last checkpoint written stays intact.
+  std::string last_checkpoint = o.resume;
+  auto diverged = [&](int64_t step, const std::string& what) {
+    if (o.progress && tty) std::fprintf(stderr, "\n");
+    std::string msg = "training diverged at step " + std::to_string(step + 1) + ": " + what +
+                      "; nothing was written for this step (try a lower --lr)";
+    if (!last_checkpoint.empty()) msg += "; the last good checkpoint is " + last_checkpoint;
+    if (log) {
+      std::fprintf(log, "{\"step\":%lld,\"error\":%s}\n", (long long)(step + 1), json(msg).dump().c_str());
+      std::fclose(log);
+    }
+    throw Error(msg);
+  };
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
   Batch batch;
@@ -210,14 +244,19 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
       for (int32_t t : batch.targets) ntok += t >= 0;
       double sum = model.forward(batch, true);
       if (ntok == 0) continue;
+      if (!std::isfinite(sum))
+        diverged(step, "the loss is " + std::to_string(sum / double(ntok)) + " (not finite)");
       model.backward(float(1.0 / (double(ntok) * double(o.grad_accum))));
       loss += sum / double(ntok) / double(o.grad_accum);
       step_tokens += batch.B * batch.T;
     }
     double norm = opt.grad_norm();
+    // Checked before clipping: clipping an infinite norm would hide it (and turn it into NaN).
+    if (!std::isfinite(norm)) diverged(step, "the gradient is not finite (" + opt.first_non_finite(true) + ")");
     if (o.max_grad_norm > 0 && norm > o.max_grad_norm) opt.scale_grads(float(o.max_grad_norm / (norm + 1e-6)));
     double lr = o.lr * lr_factor(o.schedule, step, o.warmup_steps, total);
-    opt.step(lr, o.beta1, o.beta2, o.eps, o.weight_decay);
+    if (!opt.step(lr, o.beta1, o.beta2, o.eps, o.weight_decay))
+      diverged(step, "the update made a weight non-finite (" + opt.first_non_finite(false) + ")");
     res.losses.push_back(loss);
     tokens_done += step_tokens;
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -262,13 +301,17 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
                  {"dropout_step", model.dropout_step_}, {"losses", res.losses}};
       std::string s = st.dump(2);
       write_file_atomic(tmp + "/trainer_state.json", s.data(), s.size());
-      std::string rm = dir;
       if (file_exists(dir)) {  // replace an older checkpoint of the same step
         std::string old = dir + ".old";
-        std::rename(dir.c_str(), old.c_str());
-        std::system(("rm -rf '" + old + "'").c_str());
+        std::error_code ec;
+        std::filesystem::remove_all(old, ec);
+        if (std::rename(dir.c_str(), old.c_str()) != 0) fail(dir, ": cannot move the older checkpoint aside");
+        if (std::rename(tmp.c_str(), dir.c_str()) != 0) fail(dir, ": cannot rename checkpoint directory");
+        std::filesystem::remove_all(old, ec);  // never a shell: paths may hold any character
+      } else if (std::rename(tmp.c_str(), dir.c_str()) != 0) {
+        fail(dir, ": cannot rename checkpoint directory");
       }
-      if (std::rename(tmp.c_str(), dir.c_str()) != 0) fail(dir, ": cannot rename checkpoint directory");
+      last_checkpoint = dir;
     }
   }
   if (o.progress && tty) std::fprintf(stderr, "\n");

@@ -36,11 +36,15 @@ double lr_factor(const std::string& schedule, int64_t step, int64_t warmup, int6
 // AdamW over a set of (value, grad) arrays, like torch.optim.AdamW.
 class AdamW {
  public:
-  struct Param { float* value; float* grad; int64_t n; };
-  void add(float* value, float* grad, int64_t n);
-  // One update; t is incremented first (bias correction uses the new t).
-  void step(double lr, double beta1, double beta2, double eps, double weight_decay);
+  struct Param { float* value; float* grad; int64_t n; std::string name; };
+  void add(float* value, float* grad, int64_t n, std::string name = "");
+  // One update; t is incremented first (bias correction uses the new t). Returns false when
+  // an updated value is not finite (the update overflowed).
+  bool step(double lr, double beta1, double beta2, double eps, double weight_decay);
   double grad_norm() const;
+  // The name of the first parameter whose gradient (grads = true) or value holds a NaN/Inf,
+  // with the index ("model.layers.0.self_attn.q_proj.lora_A[12]"); "" when all are finite.
+  std::string first_non_finite(bool grads) const;
   void scale_grads(float s);
   int64_t t = 0;
   std::vector<Param> params;

@@ -31,6 +31,7 @@
 
 #include "common.h"
 #include "core/error.h"
+#include "core/json_error.h"
 #include "io/safetensors.h"
 #include "lora/peft.h"
 #include "model/random_model.h"
@@ -239,7 +240,7 @@ std::vector<int32_t> read_prompt_ids(const std::string& path, int64_t T, int64_t
   try {
     j = json::parse(f);
   } catch (const std::exception& e) {
-    fail(path, ": not JSON: ", e.what());
+    fail(path, ": not JSON: ", json_error_text(e));
   }
   const json& a = j.is_object() && j.contains("ids") ? j["ids"] : j;
   if (!a.is_array()) fail(path, ": expected a JSON array of token ids or an object with \"ids\"");

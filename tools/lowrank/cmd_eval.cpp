@@ -20,7 +20,7 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--model", o->model, "HF model dir or .gguf file")->required();
   cmd->add_option("--data", o->data, "JSONL file: {\"text\"}, {\"prompt\",\"completion\"} or {\"messages\"}")->required();
   cmd->add_option("--adapter", o->adapters, "PEFT adapter DIR[:SCALE]; repeat to stack");
-  cmd->add_option("--seq-len", o->seq_len, "Truncate records to this many tokens (0 = no limit)");
+  cmd->add_option("--seq-len", o->seq_len, "Truncate records to this many tokens (0 = no limit)")->check(in_range(0, kMaxSeqLen));
   cmd->add_flag("--per-record", o->per_record, "Include each record's NLL");
   cmd->add_flag("--json", o->json, "Print one JSON object as the last line");
   cmd->add_flag("--top1", o->top1,
@@ -43,6 +43,9 @@ void add_eval(CLI::App& app) {
       b.row_adapters = {l.uses};
       double sum = l.model->forward(b, false);
       int64_t n = ex.scored();
+      if (!std::isfinite(sum))
+        fail(o->data, ": record ", per.size() + 1, ": the loss is not finite (", sum,
+             "): the model or an adapter holds NaN/Inf values");
       total += sum;
       tokens += n;
       per.push_back({n ? sum / double(n) : 0.0, n});

@@ -27,10 +27,10 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--model", o->model, "HF model dir or .gguf file")->required();
   cmd->add_option("--prompt", o->prompt, "Prompt text")->required();
   cmd->add_option("--adapter", o->adapters, "PEFT adapter DIR[:SCALE]; repeat to stack");
-  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate at most");
-  cmd->add_option("--temperature", o->s.temperature, "0 = greedy");
-  cmd->add_option("--top-k", o->s.top_k, "Sample among the k most likely tokens (0 = all)");
-  cmd->add_option("--top-p", o->s.top_p, "Nucleus sampling mass");
+  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate at most")->check(in_range(1, kMaxSeqLen));
+  cmd->add_option("--temperature", o->s.temperature, "0 = greedy")->check(in_range(0, 100));
+  cmd->add_option("--top-k", o->s.top_k, "Sample among the k most likely tokens (0 = all)")->check(in_range(0, 1 << 30));
+  cmd->add_option("--top-p", o->s.top_p, "Nucleus sampling mass")->check(in_range(0, 1));
   cmd->add_option("--seed", o->seed, "Random seed for sampling");
   cmd->add_flag("--chat", o->chat, "Wrap the prompt as a user message with the model's chat template");
   cmd->add_option("--system", o->system, "System message (with --chat)");

@@ -1,6 +1,10 @@
 #include "common.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "lora/peft.h"
@@ -25,6 +29,23 @@ Loaded load_all(const std::string& model_path, const std::vector<std::string>& a
     l.uses.push_back({slot, scale});
   }
   return l;
+}
+
+CLI::Validator in_range(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& v) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double x = std::strtod(v.c_str(), &end);
+        if (end == v.c_str() || *end != 0) return "\"" + v + "\" is not a number";
+        if (!std::isfinite(x) || x < lo || x > hi) {
+          std::ostringstream os;
+          os << v << " is outside [" << lo << ", " << hi << "]";
+          return os.str();
+        }
+        return "";
+      },
+      "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
 }
 
 std::string json_escape(const std::string& s) { return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }

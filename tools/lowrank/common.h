@@ -22,6 +22,12 @@ Tokenizer load_tokenizer(const std::string& model_path);
 Loaded load_all(const std::string& model_path, const std::vector<std::string>& adapter_args);
 
 std::string json_escape(const std::string& s);
+
+// Flag value checks: a finite number in [lo, hi] (NaN and ±inf fail, which CLI::Range alone
+// lets through), for integer and floating-point options alike.
+CLI::Validator in_range(double lo, double hi);
+// Upper bound for --seq-len / --max-tokens style sizes (tokens in one sequence).
+constexpr double kMaxSeqLen = 1 << 20;
 // Registers each subcommand on app.
 void add_tokenize(CLI::App& app);
 void add_eval(CLI::App& app);

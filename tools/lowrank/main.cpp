@@ -70,7 +70,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    // One line, like every other error ("--r: Value 0 not in range [1 - 65536]").
+    std::string msg = e.what();
+    for (char& c : msg)
+      if (c == '\n') c = ' ';
+    std::fprintf(stderr, "lowrank: error: %s (see --help)\n", msg.c_str());
     return 2;
   } catch (const lowrank::Error& e) {
     std::fflush(stdout);
