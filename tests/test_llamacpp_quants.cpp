@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "fixture_util.h"
+#include "proc_util.h"
 #include "io/gguf.h"
 #include "io/gguf_quantize.h"
 #include "model/model.h"
@@ -63,12 +64,6 @@ std::string node_llama_cpp_prefix() {
   return "";
 }
 
-std::string q(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
 std::string slurp(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   std::ostringstream os;
@@ -86,11 +81,13 @@ struct Scores {
 bool llama_scores(const std::string& nlc, const std::string& model, const std::string& ids_json, const std::string& log,
                   Scores& s) {
   const std::string script = std::string(LOWRANK_SOURCE_DIR) + "/scripts/llamacpp_score.mjs";
-  const std::string out = log + ".out";
-  const std::string cmd = "LOWRANK_NODE_LLAMA_CPP=" + q(nlc) + " node " + q(script) + " --model " + q(model) +
-                          " --ids " + q(ids_json) + " --threads 2 >" + q(out) + " 2>>" + q(log);
-  if (std::system(cmd.c_str()) != 0) {
-    ADD_FAILURE() << "llama.cpp failed on " << model << ":\n" << slurp(log);
+  const std::string out = log + ".out", err = log + ".err";
+  const ProcResult pr = run_process({"LOWRANK_NODE_LLAMA_CPP=" + nlc, "node", script, "--model", model, "--ids", ids_json,
+                                     "--threads", "2"},
+                                    out, err);
+  std::ofstream(log, std::ios::app) << slurp(err);
+  if (pr.rc != 0) {
+    ADD_FAILURE() << "llama.cpp failed on " << model << " (exit " << pr.rc << "):\n" << slurp(err);
     return false;
   }
   const json j = json::parse(slurp(out));
@@ -172,7 +169,7 @@ class LlamaCppQuants : public ::testing::Test {
   std::string nlc, dir, log;
   void SetUp() override {
     std::vector<std::string> missing;
-    if (std::system("command -v node >/dev/null 2>&1") != 0) missing.push_back("node (Node.js >= 20) on PATH");
+    if (run_process({"node", "--version"}, "", "").rc != 0) missing.push_back("node (Node.js >= 20) on PATH");
     nlc = node_llama_cpp_prefix();
     if (nlc.empty())
       missing.push_back("node-llama-cpp in $LOWRANK_NODE_LLAMA_CPP or ${LOWRANK_CACHE:-~/.cache/lowrank}/node-llama-cpp "

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "fixture_util.h"
+#include "proc_util.h"
 #include "io/gguf.h"
 #include "io/gguf_quantize.h"
 #include "quants/dequant.h"
@@ -47,11 +48,13 @@ struct CliRun {
   int rc = -1;
   std::string out, err;
 };
+// Runs the CLI with args (words, paths quoted with q()), no shell.
 CliRun run_cli(const std::string& dir, const std::string& args) {
   const std::string o = dir + "/stdout", e = dir + "/stderr";
-  const int st = std::system((q(cli()) + " " + args + " </dev/null >" + q(o) + " 2>" + q(e)).c_str());
+  std::vector<std::string> argv = split_words(args);
+  argv.insert(argv.begin(), cli());
   CliRun r;
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  r.rc = run_process(argv, o, e).rc;
   r.out = slurp(o);
   r.err = slurp(e);
   return r;
