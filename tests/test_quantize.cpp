@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -400,6 +401,25 @@ TEST(QuantizeCli, Errors) {
   // length is not a multiple of 256), which has no fallback: llama.cpp refuses this file too.
   one_error_line(run_cli(dir, "quantize --model " + q(in) + " --out " + q(out) + " --type Q4_K_S"),
                  {"output.weight", "row length 48"});
+  // A NaN in an F32 weight: refused naming the tensor and row, nothing written.
+  {
+    TinyLlamaSpec ok_spec;
+    const std::string src = dir + "/nan.gguf";
+    write_tiny_llama_gguf(src, ok_spec);
+    GgufFile f = GgufFile::open(src);
+    const GgufTensorInfo* t = f.tensor("blk.1.ffn_up.weight");
+    ASSERT_NE(t, nullptr);
+    const size_t at = size_t(static_cast<const uint8_t*>(t->data) - static_cast<const uint8_t*>(f.owner().get())) +
+                      4 * size_t(3 * 256 + 7);  // row 3, column 7
+    std::string img = slurp(src);
+    const float nan = std::nanf("");
+    std::memcpy(&img[at], &nan, 4);
+    std::ofstream(src, std::ios::binary | std::ios::trunc) << img;
+    one_error_line(run_cli(dir, "quantize --model " + q(src) + " --out " + q(out) + " --type Q4_K_M"),
+                   {src, "blk.1.ffn_up.weight", "row 3", "NaN"});
+    EXPECT_FALSE(exists(out));
+    EXPECT_FALSE(exists(out + ".tmp"));
+  }
   // F16 needs no blocks.
   const CliRun ok = run_cli(dir, "quantize --model " + q(in) + " --out " + q(out) + " --type F16");
   EXPECT_EQ(ok.rc, 0) << ok.err;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -342,7 +343,8 @@ QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const
     constexpr int64_t kChunk = 16;  // rows per task
     const int64_t nchunks = (rows + kChunk - 1) / kChunk;
     bool ok = true;
-#pragma omp parallel num_threads(nthreads) reduction(&& : ok)
+    int64_t bad_row = rows;  // first row holding a NaN or infinity (llama.cpp refuses those too)
+#pragma omp parallel num_threads(nthreads) reduction(&& : ok) reduction(min : bad_row)
     {
       std::vector<float> tmp(size_t(kChunk * cols));  // (kChunk, cols)
 #pragma omp for schedule(dynamic)
@@ -350,9 +352,19 @@ QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const
         const int64_t r0 = c * kChunk, n = std::min(kChunk, rows - r0);
         ok = ok && quants::dequantize_row(tp.from, src + size_t(r0) * in_row, tmp.data(), n * cols) &&
              quants::quantize_row(tp.to, tmp.data(), buf->data() + size_t(r0) * out_row, n * cols);
+        for (int64_t i = 0; i < n * cols; i++) {
+          if (!std::isfinite(tmp[size_t(i)])) {
+            bad_row = std::min(bad_row, r0 + i / cols);
+            break;
+          }
+        }
       }
     }
     if (!ok) fail(in, ": tensor '", t.name, "': conversion from ", dtype_name(tp.from), " to ", dtype_name(tp.to), " failed");
+    if (bad_row < rows) {
+      fail(in, ": tensor '", t.name, "': row ", bad_row, " holds a NaN or infinite value; refusing to quantize it to ",
+           dtype_name(tp.to));
+    }
     w.add_tensor(t.name, t.ne, tp.to, buf->data(), buf->size());
     keep.push_back(buf);
     st.requantized++;
