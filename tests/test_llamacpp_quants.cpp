@@ -160,6 +160,7 @@ Agreement compare(const Scores& lr, const Scores& ll, const std::vector<std::vec
 struct Variant {
   const char* preset;
   bool pure;
+  bool imatrix = false;  // --uniform-imatrix
 };
 
 }  // namespace
@@ -203,7 +204,7 @@ class LlamaCppQuants : public ::testing::Test {
     all.insert(all.end(), variants.begin(), variants.end());
     for (const Variant& v : all) {
       const auto t0 = std::chrono::steady_clock::now();
-      const std::string name = std::string(v.preset) + (v.pure ? "-pure" : "");
+      const std::string name = std::string(v.preset) + (v.pure ? "-pure" : "") + (v.imatrix ? "-imx" : "");
       SCOPED_TRACE(tag + " " + name);
       std::string model = src;
       std::string types = "F32";
@@ -211,7 +212,7 @@ class LlamaCppQuants : public ::testing::Test {
         QuantPreset p;
         ASSERT_TRUE(quant_preset(v.preset, &p));
         model = dir + "/tiny-" + name + ".gguf";
-        quantize_gguf(src, model, p, v.pure);
+        quantize_gguf(src, model, p, QuantizeOptions{v.pure, v.imatrix, 0});
         GgufFile f = GgufFile::open(model);
         std::map<std::string, int> count;
         for (const GgufTensorInfo& t : f.tensors())
@@ -233,6 +234,13 @@ class LlamaCppQuants : public ::testing::Test {
                   tag.c_str(), name.c_str(), mean_nll, a.mean_nll_rel, a.mean_rel, a.max_rel, a.same, a.n, a.ties,
                   100 * a.top1(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                   types.c_str());
+      if (std::getenv("LOWRANK_QUANTS_DEBUG")) {  // every position where the argmaxes differ
+        for (size_t i = 0; i < lr.nll.size(); i++)
+          if (lr.top1[i] != ll.top1[i])
+            std::printf("   pos %zu NLL lowrank %.4f llama.cpp %.4f; argmax %d / %d, lowrank's gap %.4f (logit %.3f)\n", i,
+                        lr.nll[i], ll.nll[i], lr.top1[i], ll.top1[i],
+                        logits[i][size_t(lr.top1[i])] - logits[i][size_t(ll.top1[i])], logits[i][size_t(lr.top1[i])]);
+      }
       EXPECT_LE(a.mean_nll_rel, 1e-2);
       EXPECT_LE(a.mean_rel, 1e-2);
       EXPECT_GE(a.top1(), 0.98);
@@ -270,7 +278,8 @@ TEST_F(LlamaCppQuants, TinyModelEveryPreset) {
                 {"Q5_0", false},   {"Q5_1", false},   {"Q2_K", false},   {"Q3_K_S", false}, {"Q3_K_M", false},
                 {"Q3_K_L", false}, {"Q4_K_S", false}, {"Q4_K_M", false}, {"Q5_K_S", false}, {"Q5_K_M", false},
                 {"Q6_K", false},   {"IQ4_NL", false}, {"IQ4_XS", false}, {"TQ1_0", true},   {"TQ2_0", true},
-                {"MXFP4_MOE", true}});
+                {"MXFP4_MOE", true}, {"Q4_0", false, true}, {"Q2_K", false, true}, {"Q3_K_M", false, true},
+                {"Q4_K_M", false, true}, {"Q5_K_M", false, true}, {"IQ4_XS", false, true}});
 }
 
 TEST_F(LlamaCppQuants, TinyModelFallbackTypes) {

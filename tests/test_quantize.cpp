@@ -200,6 +200,17 @@ TEST(QuantizePlan, OtherModelShapes) {
   m = types_of(plan_quantization(big, QuantModelInfo{"llama", 80, 64, 8, 0}, preset("Q3_K_M"), false, "m"));
   EXPECT_EQ(m.at("blk.0.attn_v.weight"), D::Q5_K);
   EXPECT_EQ(m.at("blk.50.attn_v.weight"), D::Q5_K);
+  // With an importance matrix: IQ4_XS keeps its ffn_down, Q4_0 / Q5_0 put the first 22/8 = 2
+  // ffn_down in Q4_1 / Q5_1.
+  m = types_of(plan_quantization(tinyllama_tensors(), tinyllama_info(), preset("IQ4_XS"), false, "m", true));
+  EXPECT_EQ(m.at("blk.0.ffn_down.weight"), D::IQ4_XS);
+  m = types_of(plan_quantization(tinyllama_tensors(), tinyllama_info(), preset("Q4_0"), false, "m", true));
+  EXPECT_EQ(m.at("blk.1.ffn_down.weight"), D::Q4_1);
+  EXPECT_EQ(m.at("blk.2.ffn_down.weight"), D::Q4_0);
+  m = types_of(plan_quantization(tinyllama_tensors(), tinyllama_info(), preset("Q5_0"), false, "m", true));
+  EXPECT_EQ(m.at("blk.0.ffn_down.weight"), D::Q5_1);
+  m = types_of(plan_quantization(tinyllama_tensors(), tinyllama_info(), preset("Q4_0"), false, "m", false));
+  EXPECT_EQ(m.at("blk.0.ffn_down.weight"), D::Q4_0);
   // Tied embeddings (no output.weight): token_embd takes the output rule.
   t.erase(t.begin());
   m = types_of(plan_quantization(t, tinyllama_info(), preset("Q4_K_M"), false, "m"));
@@ -321,15 +332,20 @@ TEST(QuantizeCli, RoundTrip) {
       ASSERT_EQ(b.name, a.name);
       EXPECT_EQ(b.ne, a.ne);
       EXPECT_EQ(b.dtype, plan[i].to) << a.name;
-      if (a.ne.size() == 1) EXPECT_EQ(b.dtype, DType::F32) << a.name;
+      if (a.ne.size() == 1) {
+        EXPECT_EQ(b.dtype, DType::F32) << a.name;
+      }
       seen.insert(b.dtype);
       std::vector<uint8_t> want(dtype_bytes(b.dtype, a.n_elements));
       ASSERT_TRUE(quants::quantize_row(b.dtype, static_cast<const float*>(a.data), want.data(), a.n_elements));
       ASSERT_EQ(b.nbytes, want.size()) << a.name;
       EXPECT_EQ(std::memcmp(b.data, want.data(), want.size()), 0) << a.name << " " << dtype_name(b.dtype);
     }
-    if (name != "MXFP4_MOE") EXPECT_TRUE(seen.count(p.default_type)) << "the preset's own type is used";
-    else EXPECT_EQ(seen, (std::set<DType>{DType::F32, DType::Q8_0})) << "no expert tensors: all Q8_0";
+    if (name != "MXFP4_MOE") {
+      EXPECT_TRUE(seen.count(p.default_type)) << "the preset's own type is used";
+    } else {
+      EXPECT_EQ(seen, (std::set<DType>{DType::F32, DType::Q8_0})) << "no expert tensors: all Q8_0";
+    }
     // The summary line.
     EXPECT_NE(r.out.find("\"type\":\"" + name + "\""), std::string::npos) << r.out;
     if (name != "F32" && name != "Q8_0") std::remove(out.c_str());
@@ -350,6 +366,30 @@ TEST(QuantizeCli, RoundTrip) {
   std::vector<uint8_t> want(b->nbytes);
   ASSERT_TRUE(quants::quantize_row(DType::Q4_K, x.data(), want.data(), a->n_elements));
   EXPECT_EQ(std::memcmp(b->data, want.data(), want.size()), 0);
+  // --uniform-imatrix: llama.cpp's importance-matrix quantizers with all-ones importance, row
+  // by row.
+  {
+    const std::string out = dir + "/tiny-imx.gguf";
+    const CliRun r = run_cli(dir, "quantize --model " + q(in) + " --out " + q(out) + " --type Q4_K_M --uniform-imatrix");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    GgufFile f = GgufFile::open(out);
+    const auto plan = plan_quantization(src, preset("Q4_K_M"), false, true);
+    int differ_from_default = 0;
+    for (size_t i = 0; i < plan.size(); i++) {
+      const GgufTensorInfo& a = src.tensors()[i];
+      const GgufTensorInfo& b = f.tensors()[i];
+      ASSERT_EQ(b.dtype, plan[i].to) << a.name;
+      if (a.ne.size() < 2) continue;
+      const int64_t cols = a.ne[0], rows = a.n_elements / cols;
+      std::vector<float> ones(static_cast<size_t>(cols), 1.0f);
+      std::vector<uint8_t> want(b.nbytes), plain(b.nbytes);
+      ASSERT_TRUE(quants::quantize_rows(b.dtype, static_cast<const float*>(a.data), want.data(), rows, cols, ones.data()));
+      ASSERT_TRUE(quants::quantize_row(b.dtype, static_cast<const float*>(a.data), plain.data(), a.n_elements));
+      EXPECT_EQ(std::memcmp(b.data, want.data(), want.size()), 0) << a.name;
+      differ_from_default += want != plain;
+    }
+    EXPECT_GT(differ_from_default, 0);
+  }
   // --dry-run prints the plan and writes nothing.
   const CliRun d = run_cli(dir, "quantize --model " + q(in) + " --type Q2_K --dry-run");
   EXPECT_EQ(d.rc, 0) << d.err;

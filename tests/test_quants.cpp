@@ -713,6 +713,46 @@ TEST(QuantsQuantize, MatchesLlamaCppBytes) {
   }
 }
 
+// With an importance matrix (rows of 512; all ones, and varied: 0.5 + ((37·i) mod 11)/10 for
+// column i) the bytes are those of ggml_quantize_chunk given the same imatrix, i.e. of
+// llama-quantize --imatrix.
+TEST(QuantsQuantize, ImportanceMatrixMatchesLlamaCppBytes) {
+  const std::pair<DType, uint64_t> ones[] = {
+      {DType::Q4_0, 0x64abf1f75a28d457ull},   {DType::Q4_1, 0x0051e5122603146aull},
+      {DType::Q5_0, 0x0bf42d43164664e0ull},   {DType::Q5_1, 0xcdb18760b10085f9ull},
+      {DType::Q2_K, 0xd7a184cbfabd8893ull},   {DType::Q3_K, 0xaeee9f0fcff63a10ull},
+      {DType::Q4_K, 0xf8c31b6990079269ull},   {DType::Q5_K, 0xe104990226cbb9a6ull},
+      {DType::Q6_K, 0x4891f3e2707d9bdcull},   {DType::IQ4_NL, 0xccd9d16df41e9c73ull},
+      {DType::IQ4_XS, 0x46adff4399b9c7aeull},
+  };
+  const std::pair<DType, uint64_t> varied[] = {
+      {DType::Q4_0, 0xc5fab1e8b38e2e20ull},   {DType::Q4_1, 0xfb4f3a30fd7f049aull},
+      {DType::Q5_0, 0x99a8330bb6ca9fe7ull},   {DType::Q5_1, 0x58d95cc09f761621ull},
+      {DType::Q2_K, 0x2940d801feeea119ull},   {DType::Q3_K, 0x2bcaac3e711e35b6ull},
+      {DType::Q4_K, 0x8a88761990c97573ull},   {DType::Q5_K, 0xb24b0157d49f0c5bull},
+      {DType::Q6_K, 0x40137d465ba42928ull},   {DType::IQ4_NL, 0x97e3be05bb69f2edull},
+      {DType::IQ4_XS, 0x80235fc1e5fc7becull},
+  };
+  const std::vector<float> x = quant_test_weights();
+  const int64_t npr = 512, rows = int64_t(x.size()) / npr;
+  std::vector<float> w1(size_t(npr), 1.0f), wv(static_cast<size_t>(npr));  // (npr) each
+  for (int64_t i = 0; i < npr; i++) wv[size_t(i)] = 0.5f + float((i * 37) % 11) / 10.0f;
+  for (const auto& [list, imx] : {std::pair{&ones, &w1}, std::pair{&varied, &wv}}) {
+    for (const auto& [t, hash] : *list) {
+      std::vector<uint8_t> q(dtype_bytes(t, int64_t(x.size())));
+      ASSERT_TRUE(quants::quantize_rows(t, x.data(), q.data(), rows, npr, imx->data())) << dtype_name(t);
+      EXPECT_EQ(fnv1a(q.data(), q.size()), hash) << dtype_name(t) << (list == &ones ? " (ones)" : " (varied)");
+    }
+  }
+  // Without an imatrix quantize_rows is quantize_row; types the importance does not affect
+  // ignore it.
+  std::vector<uint8_t> a(dtype_bytes(DType::Q8_0, 8192)), b(a.size());
+  ASSERT_TRUE(quants::quantize_rows(DType::Q8_0, x.data(), a.data(), rows, npr, w1.data()));
+  ASSERT_TRUE(quants::quantize_row(DType::Q8_0, x.data(), b.data(), 8192));
+  EXPECT_EQ(a, b);
+  EXPECT_FALSE(quants::quantize_rows(DType::Q4_K, x.data(), a.data(), 2, 384, w1.data()));  // 384 % 256
+}
+
 // Values a format represents exactly come back exactly.
 TEST(QuantsQuantize, ExactValuesRoundTrip) {
   Lcg r(53);

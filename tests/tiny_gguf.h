@@ -13,7 +13,11 @@
 struct TinyLlamaSpec {
   int64_t dim = 256, ffn = 512, n_layer = 2, n_head = 4, n_head_kv = 2, vocab = 512;
   float std = 0.05f;       // layer matrices: gain about 1 per layer (0.05·√256 = 0.8)
-  float std_out = 0.3f;    // token_embd and output: logits of std ~5, peaked predictions
+  float std_out = 0.3f;    // token_embd and output: logits of std ~5
+  // output.weight row (7v + 3) mod vocab also gets successor·(token_embd row v): after token v
+  // the model strongly predicts that token, so the argmax has a margin well above the
+  // engines' rounding differences (0 = purely random output weights).
+  float successor = 1.0f;
   uint32_t seed = 1;
   bool tied = false;   // no output.weight
 };
@@ -68,7 +72,9 @@ inline void write_tiny_llama_gguf(const std::string& path, const TinyLlamaSpec& 
     w.add_tensor_f32(name, {s.dim}, v.data());
   };
   const int64_t hd = s.dim / s.n_head;
-  mat("token_embd.weight", s.dim, s.vocab, s.std_out);
+  std::vector<float> embd(static_cast<size_t>(s.vocab * s.dim));  // (vocab, dim)
+  for (float& x : embd) x = s.std_out * std::sqrt(3.0f) * u(rng);
+  w.add_tensor_f32("token_embd.weight", {s.dim, s.vocab}, embd.data());
   for (int64_t l = 0; l < s.n_layer; l++) {
     const std::string p = "blk." + std::to_string(l) + ".";
     norm(p + "attn_norm.weight");
@@ -82,6 +88,14 @@ inline void write_tiny_llama_gguf(const std::string& path, const TinyLlamaSpec& 
     mat(p + "ffn_down.weight", s.ffn, s.dim, s.std);
   }
   norm("output_norm.weight");
-  if (!s.tied) mat("output.weight", s.dim, s.vocab, s.std_out);
+  if (!s.tied) {
+    std::vector<float> out(static_cast<size_t>(s.vocab * s.dim));  // (vocab, dim)
+    for (float& x : out) x = s.std_out * std::sqrt(3.0f) * u(rng);
+    for (int64_t v = 0; v < s.vocab; v++) {
+      const int64_t row = (7 * v + 3) % s.vocab;
+      for (int64_t c = 0; c < s.dim; c++) out[size_t(row * s.dim + c)] += s.successor * embd[size_t(v * s.dim + c)];
+    }
+    w.add_tensor_f32("output.weight", {s.dim, s.vocab}, out.data());
+  }
   w.write(path);
 }

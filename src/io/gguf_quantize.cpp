@@ -111,6 +111,7 @@ struct State {
   int n_attention_wv = 0, i_attention_wv = 0;
   int n_ffn_down = 0, i_ffn_down = 0, i_ffn_gate = 0, i_ffn_up = 0;
   bool tied = true;  // no output.weight: token_embd doubles as the output matrix
+  bool has_imatrix = false;
 };
 
 int n_gqa(const QuantModelInfo& h) { return h.n_head_kv > 0 ? h.n_head / h.n_head_kv : 0; }
@@ -166,9 +167,10 @@ DType mixture_type(State& s, DType t, const std::string& path, const std::string
     else if (ftype == Q4_K_M) {
       if (falcon) t = i < n / 16 ? DType::Q6_K : use_more_bits(i, n) ? DType::Q5_K : DType::Q4_K;
       else if (use_more_bits(i, n)) t = DType::Q6_K;
-    } else if (i < n / 8 && (ftype == IQ4_NL || ftype == IQ4_XS)) t = DType::Q5_K;  // no imatrix
+    } else if (i < n / 8 && (ftype == IQ4_NL || ftype == IQ4_XS) && !s.has_imatrix) t = DType::Q5_K;
     else if (ftype == Q5_K_M && use_more_bits(i, n)) t = DType::Q6_K;
     else if (ftype == Q4_K_S && !falcon && i < n / 8) t = DType::Q5_K;
+    else if ((ftype == Q4_0 || ftype == Q5_0) && s.has_imatrix && i < n / 8) t = ftype == Q4_0 ? DType::Q4_1 : DType::Q5_1;
     s.i_ffn_down++;
     return t;
   }
@@ -273,9 +275,11 @@ QuantModelInfo quant_model_info(const GgufFile& f) {
 }
 
 std::vector<TensorQuantPlan> plan_quantization(std::vector<TensorQuantPlan> ts, const QuantModelInfo& info,
-                                               const QuantPreset& p, bool pure, const std::string& path) {
+                                               const QuantPreset& p, bool pure, const std::string& path,
+                                               bool has_imatrix) {
   State s;
   s.hp = info;
+  s.has_imatrix = has_imatrix;
   for (const TensorQuantPlan& t : ts) {
     const Category c = category_of(t.name);
     if (is_attn_v_like(c)) s.n_attention_wv++;
@@ -301,16 +305,16 @@ std::vector<TensorQuantPlan> plan_quantization(std::vector<TensorQuantPlan> ts, 
   return ts;
 }
 
-std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p, bool pure) {
+std::vector<TensorQuantPlan> plan_quantization(const GgufFile& f, const QuantPreset& p, bool pure, bool has_imatrix) {
   std::vector<TensorQuantPlan> ts;
   for (const GgufTensorInfo& t : f.tensors()) ts.push_back(TensorQuantPlan{t.name, t.ne, t.dtype, t.dtype, false});
-  return plan_quantization(std::move(ts), quant_model_info(f), p, pure, f.path());
+  return plan_quantization(std::move(ts), quant_model_info(f), p, pure, f.path(), has_imatrix);
 }
 
-QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p, bool pure,
-                            int threads) {
+QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const QuantPreset& p,
+                            const QuantizeOptions& opt) {
   GgufFile f = GgufFile::open(in);
-  const std::vector<TensorQuantPlan> plan = plan_quantization(f, p, pure);
+  const std::vector<TensorQuantPlan> plan = plan_quantization(f, p, opt.pure, opt.uniform_imatrix);
   GgufWriter w;
   for (const auto& [key, v] : f.metadata()) w.set_raw(key, v);
   w.set_u32("general.quantization_version", 2);  // GGML_QNT_VERSION
@@ -318,7 +322,7 @@ QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const
   for (const char* k : {"split.no", "split.count", "split.tensors.count"}) w.remove(k);
   QuantizeStats st;
   std::vector<std::shared_ptr<std::vector<uint8_t>>> keep;  // requantized data until write()
-  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  const int nthreads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   for (size_t i = 0; i < plan.size(); i++) {
     const TensorQuantPlan& tp = plan[i];
     const GgufTensorInfo& t = f.tensors()[i];
@@ -339,6 +343,7 @@ QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const
     const int64_t cols = t.ne[0], rows = t.n_elements / std::max<int64_t>(1, cols);
     const size_t in_row = dtype_bytes(tp.from, cols), out_row = dtype_bytes(tp.to, cols);
     auto buf = std::make_shared<std::vector<uint8_t>>(out_row * size_t(rows));  // (rows, out_row)
+    const std::vector<float> ones(opt.uniform_imatrix ? size_t(cols) : 0, 1.0f);  // (cols) importance
     const uint8_t* src = static_cast<const uint8_t*>(t.data);
     constexpr int64_t kChunk = 16;  // rows per task
     const int64_t nchunks = (rows + kChunk - 1) / kChunk;
@@ -351,7 +356,8 @@ QuantizeStats quantize_gguf(const std::string& in, const std::string& out, const
       for (int64_t c = 0; c < nchunks; c++) {
         const int64_t r0 = c * kChunk, n = std::min(kChunk, rows - r0);
         ok = ok && quants::dequantize_row(tp.from, src + size_t(r0) * in_row, tmp.data(), n * cols) &&
-             quants::quantize_row(tp.to, tmp.data(), buf->data() + size_t(r0) * out_row, n * cols);
+             quants::quantize_rows(tp.to, tmp.data(), buf->data() + size_t(r0) * out_row, n, cols,
+                                   opt.uniform_imatrix ? ones.data() : nullptr);
         for (int64_t i = 0; i < n * cols; i++) {
           if (!std::isfinite(tmp[size_t(i)])) {
             bad_row = std::min(bad_row, r0 + i / cols);

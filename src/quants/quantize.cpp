@@ -50,8 +50,9 @@ inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v;
 // Symmetric quantization of x[n] to L[i] in [0, 2·nmax) (stored with offset nmax): starts
 // from iscale = −nmax/x_max (x_max the value of largest magnitude) and tries the 18 nearby
 // iscales −(nmax + 0.1·is)/x_max, keeping the one with the largest (Σw·x·l)²/Σw·l² (the best
-// least-squares scale); weights w = x² (rmse_type 1). Returns the scale Σw·x·l/Σw·l².
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
+// least-squares scale); weights w = qw[i], or x² without qw (rmse_type 1). Returns the scale
+// Σw·x·l/Σw·l².
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw = nullptr) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; i++) {
     const float ax = std::fabs(x[i]);
@@ -69,7 +70,7 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
   for (int i = 0; i < n; i++) {
     const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
     L[i] = int8_t(l + nmax);
-    const float w = x[i] * x[i];
+    const float w = qw ? qw[i] : x[i] * x[i];
     sumlx += w * x[i] * l;
     suml2 += w * l * l;
   }
@@ -81,7 +82,7 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
     sumlx = suml2 = 0;
     for (int i = 0; i < n; i++) {
       const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-      const float w = x[i] * x[i];
+      const float w = qw ? qw[i] : x[i] * x[i];
       sumlx += w * x[i] * l;
       suml2 += w * l * l;
     }
@@ -217,6 +218,140 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
   }
   *the_min = -min;
   return scale;
+}
+
+// The importance-matrix variant of make_qkx2_quants (squared error, weights given or x²):
+// the same search over nstep+1 trial iscales (rmin + rdelta·is + nmax)/(max − min).
+float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+  auto wt = [&](int i) { return weights ? weights[i] : x[i] * x[i]; };
+  float min = x[0], max = x[0];
+  float sum_w = wt(0);
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; i++) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    const float w = wt(i);
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max <= min) {
+    std::memset(L, 0, size_t(n));
+    *the_min = -min;
+    return 0.f;
+  }
+  float iscale = nmax / (max - min);
+  float scale = 1 / iscale;
+  float best_mad = 0;
+  for (int i = 0; i < n; i++) {
+    L[i] = uint8_t(clampi(nearest_int(iscale * (x[i] - min)), 0, nmax));
+    const float diff = scale * L[i] + min - x[i];
+    best_mad += wt(i) * (diff * diff);
+  }
+  if (nstep < 1) {
+    *the_min = -min;
+    return scale;
+  }
+  for (int is = 0; is <= nstep; is++) {
+    iscale = (rmin + rdelta * is + nmax) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = clampi(nearest_int(iscale * (x[i] - min)), 0, nmax);
+      Laux[i] = uint8_t(l);
+      const float w = wt(i);
+      sum_l += w * l;
+      sum_l2 += w * l * l;
+      sum_xl += w * l * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float mad = 0;
+      for (int i = 0; i < n; i++) {
+        const float diff = this_scale * Laux[i] + this_min - x[i];
+        mad += wt(i) * (diff * diff);
+      }
+      if (mad < best_mad) {
+        for (int i = 0; i < n; i++) L[i] = Laux[i];
+        best_mad = mad;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// Quantization of non-negative x[n] (group scales or mins) to L in [0, nmax] with weights qw:
+// 9 trial scales (0.1·is + nmax)/max, then up to 5 passes of per-value coordinate descent on
+// the weighted least-squares fit. Returns the scale Σw·x·l/Σw·l².
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* qw) {
+  float max = 0;
+  for (int i = 0; i < n; i++) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    for (int i = 0; i < n; i++) L[i] = 0;
+    return 0.f;
+  }
+  float iscale = nmax / max;
+  for (int i = 0; i < n; i++) L[i] = uint8_t(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; i++) {
+    const float diff = x[i] - scale * L[i];
+    best_mse += qw[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; is++) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * is + nmax) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * l;
+      mse += qw[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; i++) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = uint8_t(l);
+    sumlx += qw[i] * x[i] * l;
+    suml2 += qw[i] * l * l;
+  }
+  for (int itry = 0; itry < 5; itry++) {
+    int n_changed = 0;
+    for (int i = 0; i < n; i++) {
+      const float w = qw[i];
+      float slx = sumlx - w * x[i] * L[i];
+      float sl2 = suml2 - w * L[i] * L[i];
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w * x[i] * new_l;
+          sl2 += w * new_l * new_l;
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = uint8_t(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            n_changed++;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
 // Index of the level of val[0..n) (ascending) nearest to x (ties to the lower level).
@@ -364,20 +499,29 @@ void q_q8_1(const float* x, uint8_t* y, int64_t nb) {
 // Σw·q·x/Σw·q² of the best trial is kept. IQ4_XS then stores d = −s_max/32 and per block
 // l = round(s/d) in [−32, 31] (offset 32) and re-picks the levels against d·l.
 // Writes d to dh, the packed 4-bit codes to q4[sb/2] and, for sb > 32, the scales.
+// qw (sb importance weights, may be null): the weights become qw·sqrt(σ² + x²) with
+// σ² = 2·Σx²/sb, as with llama.cpp's importance matrix.
 void iq4_quantize(int sb, const float* x, uint8_t* dh, uint8_t* q4, uint8_t* scales_h,
-                  uint8_t* scales_l) {
+                  uint8_t* scales_l, const float* qw = nullptr) {
   constexpr int kTry = 7;
   const int8_t* values = kIq4nlValues;
   uint8_t L[256];      // level index per element
   float scales[8];     // per-block scale
   float max_scale = 0, amax_scale = 0;
   const int nblk = sb / 32;
+  float sigma2 = 0;
+  for (int j = 0; j < sb; j++) sigma2 += x[j] * x[j];
+  sigma2 *= 2.f / sb;
   std::memset(q4, 0, size_t(sb / 2));
   for (int ib = 0; ib < nblk; ib++) {
     const float* xb = x + 32 * ib;
     uint8_t* Lb = L + 32 * ib;
     float weight[32];
-    for (int j = 0; j < 32; j++) weight[j] = xb[j] * xb[j];
+    if (qw) {
+      for (int j = 0; j < 32; j++) weight[j] = qw[32 * ib + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    } else {
+      for (int j = 0; j < 32; j++) weight[j] = xb[j] * xb[j];
+    }
     float max, amax;
     signed_absmax(xb, 32, &max, &amax);
     if (amax < kGroupMaxEps) {
@@ -612,6 +756,34 @@ inline void k_scale_min(int j, const uint8_t* q, int* d, int* m) {
   }
 }
 
+// The codes L[256] of a Q4_K (nmax 15) or Q5_K (nmax 31) block into qs (and qh).
+template <int nmax>
+void pack_q45_k(const uint8_t* L, uint8_t* y) {
+  if constexpr (nmax == 15) {
+    uint8_t* q = y + 16;  // [128]
+    for (int c = 0; c < 4; c++)
+      for (int l = 0; l < 32; l++) q[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + l + 32] << 4));
+  } else {
+    uint8_t* qh = y + 16;  // [32]
+    uint8_t* ql = y + 48;  // [128]
+    std::memset(qh, 0, 32);
+    for (int c = 0; c < 4; c++) {
+      for (int j = 0; j < 32; j++) {
+        int l1 = L[64 * c + j], l2 = L[64 * c + j + 32];
+        if (l1 > 15) {
+          l1 -= 16;
+          qh[j] = uint8_t(qh[j] | (1 << (2 * c)));
+        }
+        if (l2 > 15) {
+          l2 -= 16;
+          qh[j] = uint8_t(qh[j] | (1 << (2 * c + 1)));
+        }
+        ql[32 * c + j] = uint8_t(l1 | (l2 << 4));
+      }
+    }
+  }
+}
+
 // Q4_K (nmax 15, 144 bytes) and Q5_K (nmax 31, 176 bytes): per 32 values make_qkx2_quants
 // with weights rms(x) + |x| (squared error; Q4_K rmin −1, 21 trials; Q5_K rmin −0.5, 16),
 // 6-bit scales and mins against max/63, re-round.
@@ -646,72 +818,52 @@ void q_q45_k(const float* x, uint8_t* y, int64_t nb) {
       const float dmn = dm * float(m);
       for (int i = 0; i < 32; i++) L[32 * j + i] = uint8_t(clampi(nearest_int((x[32 * j + i] + dmn) / d), 0, nmax));
     }
-    if constexpr (nmax == 15) {
-      uint8_t* q = y + 16;  // [128]
-      for (int c = 0; c < 4; c++)
-        for (int l = 0; l < 32; l++) q[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + l + 32] << 4));
-    } else {
-      uint8_t* qh = y + 16;  // [32]
-      uint8_t* ql = y + 48;  // [128]
-      std::memset(qh, 0, 32);
-      for (int c = 0; c < 4; c++) {
-        for (int j = 0; j < 32; j++) {
-          int l1 = L[64 * c + j], l2 = L[64 * c + j + 32];
-          if (l1 > 15) {
-            l1 -= 16;
-            qh[j] = uint8_t(qh[j] | (1 << (2 * c)));
-          }
-          if (l2 > 15) {
-            l2 -= 16;
-            qh[j] = uint8_t(qh[j] | (1 << (2 * c + 1)));
-          }
-          ql[32 * c + j] = uint8_t(l1 | (l2 << 4));
-        }
-      }
+    pack_q45_k<nmax>(L, y);
+  }
+}
+
+// One Q6_K block (210 bytes): per 16 values make_qx_quants (nmax 32; weights x², or qw[256]
+// when given); the 16 scales to int8 against −128/s_max; re-round to [−32, 31].
+void q6_k_block(const float* x, uint8_t* y, const float* qw) {
+  int8_t L[256];
+  float scales[16];
+  float max_scale = 0, max_abs_scale = 0;
+  for (int ib = 0; ib < 16; ib++) {
+    scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
+    if (std::fabs(scales[ib]) > max_abs_scale) {
+      max_abs_scale = std::fabs(scales[ib]);
+      max_scale = scales[ib];
+    }
+  }
+  if (max_abs_scale < kGroupMaxEps) {
+    std::memset(y, 0, 210);
+    return;
+  }
+  int8_t* sc = reinterpret_cast<int8_t*>(y + 192);  // [16]
+  const float iscale = -128.f / max_scale;
+  store_f16(y + 208, 1 / iscale);
+  const float dd = f16_round(1 / iscale);
+  for (int ib = 0; ib < 16; ib++) sc[ib] = int8_t(std::min(127, nearest_int(iscale * scales[ib])));
+  for (int j = 0; j < 16; j++) {
+    const float d = dd * float(sc[j]);
+    if (!d) continue;
+    for (int i = 0; i < 16; i++) L[16 * j + i] = int8_t(clampi(nearest_int(x[16 * j + i] / d), -32, 31) + 32);
+  }
+  uint8_t* ql = y;         // [128]
+  uint8_t* qh = y + 128;   // [64]
+  for (int h = 0; h < 2; h++) {
+    const int8_t* Lh = L + 128 * h;
+    for (int l = 0; l < 32; l++) {
+      const int q1 = Lh[l], q2 = Lh[l + 32], q3 = Lh[l + 64], q4 = Lh[l + 96];
+      ql[64 * h + l] = uint8_t((q1 & 15) | ((q3 & 15) << 4));
+      ql[64 * h + l + 32] = uint8_t((q2 & 15) | ((q4 & 15) << 4));
+      qh[32 * h + l] = uint8_t((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
     }
   }
 }
 
-// Q6_K (210 bytes): per 16 values make_qx_quants (nmax 32); the 16 scales to int8 against
-// −128/s_max; re-round to [−32, 31].
 void q_q6_k(const float* x, uint8_t* y, int64_t nb) {
-  for (int64_t b = 0; b < nb; b++, x += 256, y += 210) {
-    int8_t L[256];
-    float scales[16];
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < 16; ib++) {
-      scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-      if (std::fabs(scales[ib]) > max_abs_scale) {
-        max_abs_scale = std::fabs(scales[ib]);
-        max_scale = scales[ib];
-      }
-    }
-    if (max_abs_scale < kGroupMaxEps) {
-      std::memset(y, 0, 210);
-      continue;
-    }
-    int8_t* sc = reinterpret_cast<int8_t*>(y + 192);  // [16]
-    const float iscale = -128.f / max_scale;
-    store_f16(y + 208, 1 / iscale);
-    const float dd = f16_round(1 / iscale);
-    for (int ib = 0; ib < 16; ib++) sc[ib] = int8_t(std::min(127, nearest_int(iscale * scales[ib])));
-    for (int j = 0; j < 16; j++) {
-      const float d = dd * float(sc[j]);
-      if (!d) continue;
-      for (int i = 0; i < 16; i++) L[16 * j + i] = int8_t(clampi(nearest_int(x[16 * j + i] / d), -32, 31) + 32);
-    }
-    uint8_t* ql = y;         // [128]
-    uint8_t* qh = y + 128;   // [64]
-    for (int h = 0; h < 2; h++) {
-      const int8_t* Lh = L + 128 * h;
-      for (int l = 0; l < 32; l++) {
-        const int q1 = Lh[l], q2 = Lh[l + 32], q3 = Lh[l + 64], q4 = Lh[l + 96];
-        ql[64 * h + l] = uint8_t((q1 & 15) | ((q3 & 15) << 4));
-        ql[64 * h + l + 32] = uint8_t((q2 & 15) | ((q4 & 15) << 4));
-        qh[32 * h + l] = uint8_t((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
-      }
-    }
-  }
+  for (int64_t b = 0; b < nb; b++, x += 256, y += 210) q6_k_block(x, y, nullptr);
 }
 
 // Q8_K (292 bytes): d = x_max/−127 (f32), q = min(127, round(x/d)), bsums of 16.
@@ -786,6 +938,199 @@ void q_tq2_0(const float* x, uint8_t* y, int64_t nb) {
   }
 }
 
+// ---- with an importance matrix (llama.cpp's quantize_row_*_impl) ---------------------------
+// qw holds one importance weight per column of the row (n_per_row of them, the same for every
+// row). Each row is one call: some types use the row's mean square.
+
+// Q4_0 / Q5_0 (nmax 8 / 16) and Q4_1 / Q5_1 (15 / 31 levels): per 32 values, weights
+// qw·sqrt(σ² + x²) with σ² the row's mean square; make_qx_quants (symmetric) or
+// make_qkx3_quants (with a min, 37 trials from rmin −0.9 in steps of 0.05).
+void qw_legacy(DType t, const float* x, uint8_t* y, int64_t n, const float* qw) {
+  float sum_x2 = 0;
+  for (int64_t j = 0; j < n; j++) sum_x2 += x[j] * x[j];
+  const float sigma2 = sum_x2 / n;
+  const int64_t bb = dtype_block_bytes(t);
+  for (int64_t ib = 0; ib < n / 32; ib++, y += bb) {
+    const float* xb = x + 32 * ib;
+    float weight[32];
+    for (int j = 0; j < 32; j++) weight[j] = qw[32 * ib + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    uint8_t L[32], Laux[32];
+    if (t == DType::Q4_0 || t == DType::Q5_0) {
+      int8_t Ls[32];
+      const float d = make_qx_quants(32, t == DType::Q4_0 ? 8 : 16, xb, Ls, weight);
+      store_f16(y, d);
+      for (int j = 0; j < 32; j++) L[j] = uint8_t(Ls[j]);
+    } else {
+      float min;
+      const float d = make_qkx3_quants(32, t == DType::Q4_1 ? 15 : 31, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+      store_f16(y, d);
+      store_f16(y + 2, -min);
+    }
+    if (t == DType::Q4_0 || t == DType::Q4_1) {
+      uint8_t* qs = y + (t == DType::Q4_0 ? 2 : 4);  // [16]
+      for (int j = 0; j < 16; j++) qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
+    } else {
+      uint8_t* qs = y + (t == DType::Q5_0 ? 6 : 8);  // [16]
+      uint32_t qh = 0;
+      for (int j = 0; j < 16; j++) {
+        qs[j] = uint8_t((L[j] & 15) | ((L[j + 16] & 15) << 4));
+        qh |= uint32_t((L[j] >> 4) & 1) << j;
+        qh |= uint32_t((L[j + 16] >> 4) & 1) << (j + 16);
+      }
+      std::memcpy(y + (t == DType::Q5_0 ? 2 : 4), &qh, 4);
+    }
+  }
+}
+
+void pack_2bit(const uint8_t* L, uint8_t* qs) {  // L[256] in 0..3 -> qs[64]
+  for (int h = 0; h < 2; h++)
+    for (int l = 0; l < 32; l++) {
+      const uint8_t* Lh = L + 128 * h;
+      qs[32 * h + l] = uint8_t(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
+    }
+}
+
+// Q2_K: per 16 values make_qkx3_quants (nmax 3, weights qw·sqrt(σ² + x²), σ² the block's mean
+// square), then the 16 scales and 16 mins each to 4 bits with make_qp_quants weighted by the
+// groups' total weights; re-round.
+void qw_q2_k(const float* x, uint8_t* y, int64_t n, const float* qw) {
+  for (int64_t b = 0; b < n / 256; b++, x += 256, y += 84) {
+    uint8_t L[256], Laux[16], Ls[16], Lm[16];
+    float mins[16], scales[16], sw[16], weight[16];
+    float sumx2 = 0;
+    for (int j = 0; j < 256; j++) sumx2 += x[j] * x[j];
+    const float sigma2 = sumx2 / 256;
+    for (int j = 0; j < 16; j++) {
+      const float* w = qw + 256 * b + 16 * j;
+      for (int l = 0; l < 16; l++) weight[l] = w[l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+      sw[j] = 0;
+      for (int l = 0; l < 16; l++) sw[j] += weight[l];
+      scales[j] = make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    const float dm = make_qp_quants(16, 15, scales, Ls, sw);
+    const float mm = make_qp_quants(16, 15, mins, Lm, sw);
+    store_f16(y + 80, dm);
+    store_f16(y + 82, mm);
+    const float dd = f16_round(dm), dmn = f16_round(mm);
+    uint8_t* sc = y;  // [16]
+    for (int j = 0; j < 16; j++) sc[j] = uint8_t(Ls[j] | (Lm[j] << 4));
+    for (int j = 0; j < 16; j++) {
+      const float d = dd * float(sc[j] & 15);
+      if (!d) continue;
+      const float m = dmn * float(sc[j] >> 4);
+      for (int i = 0; i < 16; i++) L[16 * j + i] = uint8_t(clampi(nearest_int((x[16 * j + i] + m) / d), 0, 3));
+    }
+    pack_2bit(L, y + 16);
+  }
+}
+
+// Q3_K: per 16 values make_qx_quants (nmax 4, weights qw·sqrt(σ² + x²), σ² twice the block's
+// mean square); the 16 scales with make_qx_quants (nmax 32) weighted by the groups' total
+// weights; re-round.
+void qw_q3_k(const float* x, uint8_t* y, int64_t n, const float* qw) {
+  for (int64_t b = 0; b < n / 256; b++, x += 256, y += 110) {
+    int8_t L[256], Ls[16];
+    float scales[16], weight[16], sw[16];
+    float sumx2 = 0;
+    for (int j = 0; j < 256; j++) sumx2 += x[j] * x[j];
+    const float sigma2 = 2 * sumx2 / 256;
+    for (int j = 0; j < 16; j++) {
+      const float* w = qw + 256 * b + 16 * j;
+      for (int l = 0; l < 16; l++) weight[l] = w[l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 16; l++) sumw += weight[l];
+      sw[j] = sumw;
+      scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
+    }
+    uint8_t* sc = y + 96;  // [12]
+    std::memset(sc, 0, 12);
+    const float d_block = make_qx_quants(16, 32, scales, Ls, sw);
+    for (int j = 0; j < 16; j++) {
+      int l = Ls[j];
+      if (j < 8) sc[j] = uint8_t(l & 15);
+      else sc[j - 8] = uint8_t(sc[j - 8] | ((l & 15) << 4));
+      l >>= 4;
+      sc[j % 4 + 8] = uint8_t(sc[j % 4 + 8] | (l << (2 * (j / 4))));
+    }
+    store_f16(y + 108, d_block);
+    const float dd = f16_round(d_block);
+    for (int j = 0; j < 16; j++) {
+      const int lo = j < 8 ? (sc[j] & 15) : (sc[j - 8] >> 4);
+      const int sv = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+      const float d = dd * float(sv);
+      if (!d) continue;
+      for (int i = 0; i < 16; i++) L[16 * j + i] = int8_t(clampi(nearest_int(x[16 * j + i] / d), -4, 3) + 4);
+    }
+    uint8_t* hmask = y;  // [32]
+    std::memset(hmask, 0, 32);
+    uint8_t Lu[256];
+    for (int j = 0; j < 256; j++) {
+      int l = L[j];
+      if (l > 3) {
+        hmask[j % 32] = uint8_t(hmask[j % 32] | (1 << (j / 32)));
+        l -= 4;
+      }
+      Lu[j] = uint8_t(l);
+    }
+    pack_2bit(Lu, y + 32);
+  }
+}
+
+// Q4_K / Q5_K: per 32 values make_qkx3_quants (weights qw·sqrt(σ² + x²), σ² twice the
+// block's mean square, 37 trials), scales and mins to 6 bits with make_qp_quants weighted by
+// the groups' total weights; re-round.
+template <int nmax>
+void qw_q45_k(const float* x, uint8_t* y, int64_t n, const float* qw) {
+  constexpr int bb = nmax == 15 ? 144 : 176;
+  for (int64_t b = 0; b < n / 256; b++, x += 256, y += bb) {
+    uint8_t L[256], Laux[32], Ls[8], Lm[8];
+    float weights[32], mins[8], scales[8], sw[8];
+    float sum_x2 = 0;
+    for (int l = 0; l < 256; l++) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / 256;
+    for (int j = 0; j < 8; j++) {
+      const float* w = qw + 256 * b + 32 * j;
+      for (int l = 0; l < 32; l++) weights[l] = w[l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 32; l++) sumw += weights[l];
+      sw[j] = sumw;
+      scales[j] = make_qkx3_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    const float d_block = make_qp_quants(8, 63, scales, Ls, sw);
+    const float m_block = make_qp_quants(8, 63, mins, Lm, sw);
+    uint8_t* s = y + 4;  // [12]
+    for (int j = 0; j < 8; j++) {
+      const uint8_t ls = std::min<uint8_t>(63, Ls[j]), lm = std::min<uint8_t>(63, Lm[j]);
+      if (j < 4) {
+        s[j] = ls;
+        s[j + 4] = lm;
+      } else {
+        s[j + 4] = uint8_t((ls & 15) | ((lm & 15) << 4));
+        s[j - 4] = uint8_t(s[j - 4] | ((ls >> 4) << 6));
+        s[j] = uint8_t(s[j] | ((lm >> 4) << 6));
+      }
+    }
+    store_f16(y, d_block);
+    store_f16(y + 2, m_block);
+    const float dd = f16_round(d_block), dm = f16_round(m_block);
+    for (int j = 0; j < 8; j++) {
+      int sc, m;
+      k_scale_min(j, s, &sc, &m);
+      const float d = dd * float(sc);
+      if (!d) continue;
+      const float dmn = dm * float(m);
+      for (int i = 0; i < 32; i++) L[32 * j + i] = uint8_t(clampi(nearest_int((x[32 * j + i] + dmn) / d), 0, nmax));
+    }
+    pack_q45_k<nmax>(L, y);
+  }
+}
+
+// Q6_K: per 16 values make_qx_quants (nmax 32) with the importance weights themselves; the
+// rest as without them.
+void qw_q6_k(const float* x, uint8_t* y, int64_t n, const float* qw) {
+  for (int64_t b = 0; b < n / 256; b++, x += 256, y += 210) q6_k_block(x, y, qw + 256 * b);
+}
+
 using BlockFn = void (*)(const float*, uint8_t*, int64_t);
 
 BlockFn block_encoder(DType t) {
@@ -815,6 +1160,39 @@ BlockFn block_encoder(DType t) {
 
 bool can_quantize(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || block_encoder(t) != nullptr;
+}
+
+bool quantize_rows(DType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* imatrix) {
+  if (nrows < 0 || n_per_row < 0 || !can_quantize(t)) return false;
+  if (!imatrix) return quantize_row(t, src, dst, nrows * n_per_row);
+  const int64_t be = dtype_block_elems(t);
+  if (n_per_row % be != 0) return false;
+  const size_t row_bytes = dtype_bytes(t, n_per_row);
+  uint8_t* d = static_cast<uint8_t*>(dst);
+  for (int64_t r = 0; r < nrows; r++) {
+    const float* x = src + r * n_per_row;
+    uint8_t* y = d + size_t(r) * row_bytes;
+    switch (t) {
+      case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: qw_legacy(t, x, y, n_per_row, imatrix); break;
+      case DType::Q2_K: qw_q2_k(x, y, n_per_row, imatrix); break;
+      case DType::Q3_K: qw_q3_k(x, y, n_per_row, imatrix); break;
+      case DType::Q4_K: qw_q45_k<15>(x, y, n_per_row, imatrix); break;
+      case DType::Q5_K: qw_q45_k<31>(x, y, n_per_row, imatrix); break;
+      case DType::Q6_K: qw_q6_k(x, y, n_per_row, imatrix); break;
+      case DType::IQ4_NL:
+        for (int64_t b = 0; b < n_per_row / 32; b++) iq4_quantize(32, x + 32 * b, y + 18 * b, y + 18 * b + 2, nullptr, nullptr, imatrix + 32 * b);
+        break;
+      case DType::IQ4_XS:
+        for (int64_t b = 0; b < n_per_row / 256; b++) {
+          uint8_t* yb = y + 136 * b;
+          iq4_quantize(256, x + 256 * b, yb, yb + 8, yb + 2, yb + 4, imatrix + 256 * b);
+        }
+        break;
+      default:  // the importance matrix does not change these (llama.cpp ignores it too)
+        if (!quantize_row(t, x, y, n_per_row)) return false;
+    }
+  }
+  return true;
 }
 
 bool quantize_row(DType t, const float* src, void* dst, int64_t n) {

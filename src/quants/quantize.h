@@ -20,4 +20,11 @@ bool can_quantize(DType t);
 // block size.
 bool quantize_row(DType t, const float* src, void* dst, int64_t n);
 
+// The same for nrows rows of n_per_row values with an importance matrix (llama.cpp's
+// `--imatrix`: one weight per column, imatrix[n_per_row], the same for every row), by
+// llama.cpp's importance-matrix quantizers (quantize_row_*_impl: weighted least squares with
+// make_qkx3_quants / make_qp_quants for the K-quant block scales). imatrix null: quantize_row.
+// The importance changes Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K, IQ4_NL, IQ4_XS; other types ignore it.
+bool quantize_rows(DType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* imatrix);
+
 }  // namespace lowrank::quants

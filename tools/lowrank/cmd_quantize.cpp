@@ -49,7 +49,7 @@ struct BenchOpts {
   std::vector<std::string> tensors, types;
   int64_t rows = 1024;
   int reps = 3;
-  bool json = false;
+  bool json = false, uniform_imatrix = false;
 };
 
 // Block bytes for a decode-only type (no encoder): pseudo-random codes with a small f16 scale
@@ -115,7 +115,8 @@ void run_quant_bench(const BenchOpts& o) {
         tq = 1e30;
         for (int r = 0; r < o.reps; r++) {
           const auto t0 = std::chrono::steady_clock::now();
-          quants::quantize_row(t, s.x.data(), q.data(), n);
+          const std::vector<float> ones(o.uniform_imatrix ? size_t(s.cols) : 0, 1.0f);  // (cols)
+          quants::quantize_rows(t, s.x.data(), q.data(), s.rows, s.cols, o.uniform_imatrix ? ones.data() : nullptr);
           tq = std::min(tq, seconds_since(t0));
         }
       } else {
@@ -153,13 +154,16 @@ void run_quant_bench(const BenchOpts& o) {
 void add_quantize(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("quantize", "Requantize a GGUF model with llama.cpp's mixture presets (Q4_K_M, Q8_0, ...)");
-    struct Opts { std::string model, out, type; int threads = 0; bool pure = false, dry_run = false, json = false; };
+    struct Opts { std::string model, out, type; int threads = 0; bool pure = false, uniform_imatrix = false, dry_run = false, json = false; };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Input .gguf model (any type this engine reads)")->required();
     cmd->add_option("--out", o->out, "Output .gguf file (written atomically)");
     cmd->add_option("--type", o->type, "Preset: " + join(quant_preset_names()) + " (also Q3_K, Q4_K, Q5_K = _M)")->required();
     cmd->add_option("--threads", o->threads, "Threads (default: OpenMP's)");
     cmd->add_flag("--pure", o->pure, "Every quantizable tensor in the preset's type (no per-tensor mixture)");
+    cmd->add_flag("--uniform-imatrix", o->uniform_imatrix,
+                  "Use llama.cpp's importance-matrix quantizers with an importance of 1 everywhere (lower error; "
+                  "the bytes of llama-quantize --imatrix with such a file)");
     cmd->add_flag("--dry-run", o->dry_run, "Print the type of every tensor and write nothing");
     cmd->add_flag("--json", o->json, "Summary as one JSON line on stdout");
     cmd->callback([o] {
@@ -167,7 +171,7 @@ void add_quantize(CLI::App& app) {
       if (!quant_preset(o->type, &p)) fail("--type ", o->type, ": unknown preset; one of ", join(quant_preset_names()));
       if (o->dry_run) {
         GgufFile f = GgufFile::open(o->model);
-        for (const TensorQuantPlan& t : plan_quantization(f, p, o->pure)) {
+        for (const TensorQuantPlan& t : plan_quantization(f, p, o->pure, o->uniform_imatrix)) {
           std::printf("%-40s %-8s -> %-8s%s\n", t.name.c_str(), dtype_name(t.from), dtype_name(t.to),
                       t.fallback ? "  (fallback: row length)" : "");
         }
@@ -176,7 +180,7 @@ void add_quantize(CLI::App& app) {
       if (o->out.empty()) fail("--out is required (or --dry-run)");
       check_out_path(o->model, o->out);
       const auto t0 = std::chrono::steady_clock::now();
-      const QuantizeStats st = quantize_gguf(o->model, o->out, p, o->pure, o->threads);
+      const QuantizeStats st = quantize_gguf(o->model, o->out, p, QuantizeOptions{o->pure, o->uniform_imatrix, o->threads});
       const double secs = seconds_since(t0);
       const double bpw = st.elements ? 8.0 * double(st.bytes_out) / double(st.elements) : 0;
       if (o->json) {
@@ -203,6 +207,7 @@ void add_quantize(CLI::App& app) {
     cmd->add_option("--types", o->types, "Types to measure (default: every weight type)")->delimiter(',');
     cmd->add_option("--reps", o->reps, "Timing repetitions (fastest is reported)")->check(CLI::PositiveNumber);
     cmd->add_flag("--json", o->json, "One JSON line per measurement");
+    cmd->add_flag("--uniform-imatrix", o->uniform_imatrix, "Quantize with an all-ones importance matrix (as quantize)");
     cmd->callback([o] { run_quant_bench(*o); });
   }
 }
