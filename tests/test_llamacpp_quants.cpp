@@ -17,7 +17,7 @@
 // favours a successor of the current token (tiny_gguf.h), so most argmaxes have a margin above
 // that rounding. The check has the power to see a misread tensor: llama.cpp given a copy whose
 // blk.1.ffn_down Q4_0 nibbles are swapped (what a decoder with the two halves of each block
-// exchanged would read) // must fail it.
+// exchanged would read) must fail it.
 // A second tiny model with rows of 160 (not a multiple of 256) exercises llama.cpp's
 // fallback types (Q5_0, Q5_1, Q4_0, IQ4_NL, Q8_0). Skips (saying what is missing) without
 // node / node-llama-cpp; never needs the network.
