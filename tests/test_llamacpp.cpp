@@ -461,6 +461,7 @@ TEST(EvalTop1, IdsAndArgmaxOfTheLogits) {
   Tokenizer tok = Tokenizer::from_hf_dir(model_dir);
   std::vector<Example> ex = load_jsonl(data, tok, 0);
   std::unique_ptr<Model> m = load_model(model_dir);
+  m->keep_logits = true;
   const int slot = m->add_adapter(load_peft_adapter(adapter_dir));
   ASSERT_EQ(j.at("records").size(), ex.size());
   for (size_t i = 0; i < ex.size(); i++) {

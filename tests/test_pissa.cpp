@@ -60,10 +60,12 @@ void check_init_equals_base(const std::string& model_name, std::vector<std::stri
   Tokenizer tok = Tokenizer::from_hf_dir(dir);
   std::vector<int32_t> ids = tok.encode("Once upon a time there was a little robot who loved to paint.");
   auto base = load_hf_model(dir);
+  base->keep_logits = true;
   base->forward(one_row(ids, -1), false);
   std::vector<float> ref = base->logits();
 
   auto m = load_hf_model(dir);
+  m->keep_logits = true;
   auto a = m->create_adapter(pissa_config(targets, rslora), 0);
   ASSERT_FALSE(a->pissa_initial.empty());
   int slot = m->add_adapter(a);
@@ -84,6 +86,7 @@ TEST(Pissa, TrainedAdapterConvertsToLoraOnOriginalBase) {
   Tokenizer tok = Tokenizer::from_hf_dir(dir);
   std::vector<int32_t> ids = tok.encode("The quick brown fox jumps over the lazy dog, and then it rests in the sun.");
   auto m = load_hf_model(dir);
+  m->keep_logits = true;
   auto a = m->create_adapter(pissa_config({"q_proj", "k_proj", "v_proj", "o_proj"}, false), 3);
   m->trainable_adapter = m->add_adapter(a);
   Example ex;
@@ -114,6 +117,7 @@ TEST(Pissa, TrainedAdapterConvertsToLoraOnOriginalBase) {
     EXPECT_FLOAT_EQ(t.scale, a->targets.at(module).scale) << module;
   }
   auto base = load_hf_model(dir);
+  base->keep_logits = true;
   int slot = base->add_adapter(reloaded);
   base->forward(one_row(ids, slot), false);
   EXPECT_LT(max_abs_diff(base->logits(), trained), 2e-5 * std::max(1.0, max_abs(trained)));
@@ -125,6 +129,7 @@ TEST(Pissa, TrainedAdapterConvertsToLoraOnOriginalBase) {
 TEST(Pissa, RankAboveMatrixSizeIsAnError) {
   const std::string dir = fixtures_dir() + "/tiny-llama/model";
   auto m = load_hf_model(dir);
+  m->keep_logits = true;
   LoraConfig c = pissa_config({"q_proj"}, false);
   c.r = 100000;
   EXPECT_THROW(m->create_adapter(c, 0), Error);

@@ -114,6 +114,7 @@ TEST(RandomModel, DeterministicAndCachedDecodeMatchesForward) {
   EXPECT_NE(w1, m3->layers[1].down.W.to_f32());
 
   Batch b = random_batch(1, 12, cfg.vocab, {}, 2);
+  m1->keep_logits = true;
   m1->forward(b, false);
   const std::vector<float> full(m1->logits().end() - cfg.vocab, m1->logits().end());
   KVCache kv = m1->new_cache(12);

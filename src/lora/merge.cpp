@@ -143,16 +143,28 @@ void write_hf_model(const std::string& src_dir, const std::string& out_dir, cons
   remove_tree(out_dir + ".old");
 }
 
+namespace {
+
+// "blk.N.attn_q" / "blk.N.attn_k" (whose rows llama.cpp's converter permutes for "llama").
+bool is_qk_tensor(const std::string& base) {
+  const size_t dot = base.rfind('.');
+  const std::string tail = dot == std::string::npos ? base : base.substr(dot + 1);
+  return tail == "attn_q" || tail == "attn_k";
+}
+
+}  // namespace
+
 void write_gguf_merged(const std::string& src, const std::string& out, const std::vector<MergeTerm>& terms) {
   GgufFile f = GgufFile::open(src);
-  const int64_t head_dim = f.get_int("llama.embedding_length", 0) / std::max<int64_t>(1, f.get_int("llama.attention.head_count", 1));
+  const ModelConfig cfg = config_from_gguf(f);
+  const bool permuted = gguf_permutes_qk(cfg);
   GgufWriter w;
   for (auto& [k, v] : f.metadata()) w.set_raw(k, v);
   std::set<std::string> used;
   for (const GgufTensorInfo& t : f.tensors()) {
     std::string base = t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0
                            ? t.name.substr(0, t.name.size() - 7) : "";
-    std::string module = base.empty() ? "" : gguf_to_hf_module(base);
+    std::string module = base.empty() ? "" : gguf_to_hf_module(cfg, base);
     std::vector<float> delta;
     if (module.empty() || t.ne.size() != 2 || !lora_delta(terms, module, t.ne[1], t.ne[0], delta)) {
       w.add_tensor(t.name, t.ne, t.ggml_type, t.data, t.nbytes);
@@ -162,9 +174,9 @@ void write_gguf_merged(const std::string& src, const std::string& out, const std
     const int64_t out_f = t.ne[1], in_f = t.ne[0];
     std::vector<float> v(size_t(out_f * in_f));
     to_f32(t.dtype, t.data, v.data(), out_f * in_f);
-    bool qk = base.find("attn_q") != std::string::npos || base.find("attn_k") != std::string::npos;
-    for (int64_t j = 0; j < out_f; j++) {  // HF row j of Δ goes to GGUF row gguf_qk_row(j) for q/k
-      int64_t row = qk ? gguf_qk_row(j, head_dim) : j;
+    const bool qk = permuted && is_qk_tensor(base);
+    for (int64_t j = 0; j < out_f; j++) {  // HF row j of Δ goes to GGUF row gguf_qk_row(j) for permuted q/k
+      int64_t row = qk ? gguf_qk_row(j, cfg.head_dim) : j;
       for (int64_t i = 0; i < in_f; i++) v[size_t(row * in_f + i)] += delta[size_t(j * in_f + i)];
     }
     w.add_tensor_f16(t.name, t.ne, v.data());
@@ -177,8 +189,9 @@ void write_gguf_merged(const std::string& src, const std::string& out, const std
 
 void write_gguf_adapter(const std::string& base_gguf, const Adapter& a, const std::string& out, bool f16) {
   GgufFile f = GgufFile::open(base_gguf);
-  std::string arch = f.get_string("general.architecture", "");
-  const int64_t head_dim = f.get_int(arch + ".embedding_length", 0) / std::max<int64_t>(1, f.get_int(arch + ".attention.head_count", 1));
+  const std::string arch = f.get_string("general.architecture", "");
+  const ModelConfig cfg = config_from_gguf(f);
+  const bool permuted = gguf_permutes_qk(cfg);
   // One alpha for the whole adapter: llama.cpp scales each tensor by alpha / r_target.
   // Choose alpha so that alpha / r equals the PEFT scale of the first target; fold any other
   // target's ratio into its B.
@@ -190,7 +203,7 @@ void write_gguf_adapter(const std::string& base_gguf, const Adapter& a, const st
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", alpha);
   for (auto& [module, t] : a.targets) {
-    std::string base = hf_to_gguf_tensor(module);
+    std::string base = hf_to_gguf_tensor(cfg, module);
     if (base.empty() || !f.tensor(base + ".weight"))
       fail("adapter ", a.name, ": target ", module, " has no GGUF tensor in ", base_gguf);
     const GgufTensorInfo* bt = f.tensor(base + ".weight");
@@ -198,10 +211,10 @@ void write_gguf_adapter(const std::string& base_gguf, const Adapter& a, const st
       fail("adapter ", a.name, ": target ", module, " (out ", t.out, ", in ", t.in, ") does not fit ", base,
            ".weight ne ", shape_str(bt->ne));
     const float fold = t.scale / (alpha / float(t.r));
-    bool qk = base.find("attn_q") != std::string::npos || base.find("attn_k") != std::string::npos;
+    const bool qk = permuted && is_qk_tensor(base);
     std::vector<float> B(size_t(t.B.n));
     for (int64_t j = 0; j < t.out; j++) {
-      int64_t row = qk ? gguf_qk_row(j, head_dim) : j;
+      int64_t row = qk ? gguf_qk_row(j, cfg.head_dim) : j;
       for (int64_t k = 0; k < t.r; k++) B[size_t(row * t.r + k)] = t.B.ptr()[j * t.r + k] * fold;
     }
     // lora_a: ne = [n_in, r] (A is (r, in) row-major); lora_b: ne = [r, n_out] (B (out, r)).

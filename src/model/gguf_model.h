@@ -1,19 +1,19 @@
-// Llama-architecture models from GGUF files (quantized weights stay quantized in memory).
+// Models from GGUF files of the llama, qwen2, qwen3, gemma2, gemma3 and phi3 architectures
+// (quantized weights stay quantized in memory).
 #pragma once
 #include <memory>
 #include <string>
 
 #include "model/model.h"
+#include "model/names.h"
 #include "tokenizer/gguf_vocab.h"
 
 namespace lowrank {
 
+class GgufFile;
+
 std::unique_ptr<Model> load_gguf_model(const std::string& path);
-// HF module name of a GGUF llama tensor base name ("blk.3.attn_q" -> "model.layers.3.self_attn.q_proj"),
-// and back. Empty string when there is none.
-std::string gguf_to_hf_module(const std::string& gguf_name);
-std::string hf_to_gguf_tensor(const std::string& hf_module);
-// Row index in GGUF order of HF row j of a q/k projection with heads of size head_dim.
-int64_t gguf_qk_row(int64_t j, int64_t head_dim);
+// The model description of a GGUF file (metadata and tensor list only; no weights read).
+ModelConfig config_from_gguf(const GgufFile& f);
 
 }  // namespace lowrank

@@ -1,5 +1,6 @@
 // Loading a Hugging Face model directory into Model.
 #include <nlohmann/json.hpp>
+#include <cstring>
 #include <set>
 
 #include "core/error.h"
@@ -7,6 +8,7 @@
 #include "core/mmap_file.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/names.h"
 
 namespace lowrank {
 
@@ -86,41 +88,19 @@ FloatBuffer load_vector(const TensorSource& src, const std::string& name, int64_
   return b;
 }
 
-// nn.Linear weight (out, in) or GPT-2 Conv1D weight (in, out).
+// nn.Linear weight (out, in) or GPT-2 Conv1D weight (in, out), kept in its stored dtype
+// (F32, F16, BF16: the matmuls convert tiles as they go, so a bf16 model stays bf16 in memory).
 Matrix load_matrix(const TensorSource& src, const std::string& name, int64_t out, int64_t in, bool conv1d) {
   const Tensor& t = src.get(name);
   check_shape(src, t, conv1d ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in});
   Matrix m;
+  m.dtype = t.dtype;
   m.rows = out;
   m.cols = in;
-  if (t.dtype == DType::F32) {
-    m.dtype = DType::F32;
-    m.data = t.data;
-    m.owner = t.owner;
-    m.transposed = conv1d;
-    return m;
-  }
-  // f16/bf16: convert once to f32 (out, in) so the hot loops run on BLAS directly.
-  Matrix view;
-  view.dtype = t.dtype;
-  view.rows = out;
-  view.cols = in;
-  view.data = t.data;
-  view.transposed = conv1d;
-  FloatBuffer b = FloatBuffer::zeros({out, in});
-  view.rows_f32(0, out, b.ptr());
-  return matrix_from_buffer(b);
-}
-
-void init_linear(Linear& L, const TensorSource& src, const std::string& module, int64_t layer,
-                 int64_t out, int64_t in, bool bias, bool conv1d) {
-  L.module = module;
-  L.layer = layer;
-  L.in = in;
-  L.out = out;
-  L.conv1d = conv1d;
-  L.W = load_matrix(src, module + ".weight", out, in, conv1d);
-  if (bias) L.bias = load_vector(src, module + ".bias", out);
+  m.data = t.data;
+  m.owner = t.owner;
+  m.transposed = conv1d;
+  return m;
 }
 
 // tie_word_embeddings false (stated, or transformers' default for the family): the head must be
@@ -132,6 +112,15 @@ Matrix load_untied_head(const TensorSource& src, const std::string& cfg_path, in
   return load_matrix(src, "lm_head.weight", V, C, false);
 }
 
+// Tensors of HF checkpoints that are not weights (buffers some versions saved).
+bool ignorable_tensor(const std::string& name) {
+  auto ends = [&](const char* s) {
+    const size_t n = std::strlen(s);
+    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+  };
+  return ends(".rotary_emb.inv_freq") || ends(".attn.bias") || ends(".attn.masked_bias");
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_hf_model(const std::string& dir) {
@@ -141,65 +130,88 @@ std::unique_ptr<Model> load_hf_model(const std::string& dir) {
   model->source = dir;
   const ModelConfig& c = model->cfg;
   TensorSource src = open_tensors(dir);
-  const int64_t C = c.dim, V = c.vocab, F = c.ffn, HD = c.n_head * c.head_dim, KD = c.n_kv_head * c.head_dim;
-  model->layers.resize(size_t(c.n_layer));
-  if (c.arch == Arch::GPT2) {
-    model->wte = load_matrix(src, "transformer.wte.weight", V, C, false);
+  std::set<std::string> used;
+  auto matrix = [&](const std::string& name, int64_t out, int64_t in, bool conv1d) {
+    used.insert(name);
+    return load_matrix(src, name, out, in, conv1d);
+  };
+  auto vec = [&](const std::string& name, int64_t n) {
+    used.insert(name);
+    return load_vector(src, name, n);
+  };
+  const int64_t C = c.dim, V = c.vocab, F = c.ffn, HD = c.q_dim(), KD = c.kv_dim(), D = c.head_dim;
+  const std::string embed = hf_embed_module(c);
+  model->wte = matrix(embed + ".weight", V, C, false);
+  if (c.learned_pos) {
     const Tensor& wpe = src.get("transformer.wpe.weight");
+    used.insert(wpe.name);
     check_shape(src, wpe, {c.max_pos, C});
     model->wpe = FloatBuffer::zeros({c.max_pos, C});
     to_f32(wpe.dtype, wpe.data, model->wpe.ptr(), c.max_pos * C);
-    for (int64_t l = 0; l < c.n_layer; l++) {
-      Layer& L = model->layers[size_t(l)];
-      std::string p = "transformer.h." + std::to_string(l);
-      L.norm1.name = p + ".ln_1";
-      L.norm1.w = load_vector(src, p + ".ln_1.weight", C);
-      L.norm1.b = load_vector(src, p + ".ln_1.bias", C);
-      L.norm2.name = p + ".ln_2";
-      L.norm2.w = load_vector(src, p + ".ln_2.weight", C);
-      L.norm2.b = load_vector(src, p + ".ln_2.bias", C);
-      init_linear(L.qkv, src, p + ".attn.c_attn", l, 3 * C, C, true, true);
-      init_linear(L.o, src, p + ".attn.c_proj", l, C, C, true, true);
-      init_linear(L.fc, src, p + ".mlp.c_fc", l, F, C, true, true);
-      init_linear(L.down, src, p + ".mlp.c_proj", l, C, F, true, true);
-    }
-    model->norm_f.name = "transformer.ln_f";
-    model->norm_f.w = load_vector(src, "transformer.ln_f.weight", C);
-    model->norm_f.b = load_vector(src, "transformer.ln_f.bias", C);
-    model->lm_head.module = "lm_head";
-    model->lm_head.in = C;
-    model->lm_head.out = V;
-    if (c.tied)
-      model->lm_head.W = model->wte;
-    else
-      model->lm_head.W = load_untied_head(src, cfg_path, V, C);
-  } else {
-    model->wte = load_matrix(src, "model.embed_tokens.weight", V, C, false);
-    for (int64_t l = 0; l < c.n_layer; l++) {
-      Layer& L = model->layers[size_t(l)];
-      std::string p = "model.layers." + std::to_string(l);
-      L.norm1.name = p + ".input_layernorm";
-      L.norm1.w = load_vector(src, p + ".input_layernorm.weight", C);
-      L.norm2.name = p + ".post_attention_layernorm";
-      L.norm2.w = load_vector(src, p + ".post_attention_layernorm.weight", C);
-      init_linear(L.q, src, p + ".self_attn.q_proj", l, HD, C, c.qkv_bias, false);
-      init_linear(L.k, src, p + ".self_attn.k_proj", l, KD, C, c.qkv_bias, false);
-      init_linear(L.v, src, p + ".self_attn.v_proj", l, KD, C, c.qkv_bias, false);
-      init_linear(L.o, src, p + ".self_attn.o_proj", l, C, HD, c.o_bias, false);
-      init_linear(L.fc, src, p + ".mlp.gate_proj", l, F, C, c.mlp_bias, false);
-      init_linear(L.up, src, p + ".mlp.up_proj", l, F, C, c.mlp_bias, false);
-      init_linear(L.down, src, p + ".mlp.down_proj", l, C, F, c.mlp_bias, false);
-    }
-    model->norm_f.name = "model.norm";
-    model->norm_f.w = load_vector(src, "model.norm.weight", C);
-    model->lm_head.module = "lm_head";
-    model->lm_head.in = C;
-    model->lm_head.out = V;
-    if (c.tied)
-      model->lm_head.W = model->wte;
-    else
-      model->lm_head.W = load_untied_head(src, cfg_path, V, C);
   }
+  model->layers.resize(size_t(c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; l++) {
+    Layer& L = model->layers[size_t(l)];
+    auto norm = [&](Norm& n, Role r, int64_t size) {
+      n.name = hf_layer_module(c, l, r);
+      n.w = vec(n.name + ".weight", size);
+      if (c.norm == NormKind::LAYER) n.b = vec(n.name + ".bias", size);
+    };
+    auto lin = [&](Linear& lin, Role r, int64_t out, int64_t in, bool bias) {
+      lin.module = hf_layer_module(c, l, r);
+      lin.layer = l;
+      lin.in = in;
+      lin.out = out;
+      lin.conv1d = c.conv1d;
+      lin.W = matrix(lin.module + ".weight", out, in, c.conv1d);
+      if (bias) lin.bias = vec(lin.module + ".bias", out);
+    };
+    norm(L.attn_norm, Role::ATTN_NORM, C);
+    norm(L.ffn_norm, Role::FFN_NORM, C);
+    if (c.post_norms) {
+      norm(L.post_attn_norm, Role::POST_ATTN_NORM, C);
+      norm(L.post_ffn_norm, Role::POST_FFN_NORM, C);
+    }
+    if (c.qk_norm) {
+      norm(L.q_norm, Role::Q_NORM, D);
+      norm(L.k_norm, Role::K_NORM, D);
+    }
+    if (c.fused_qkv) {
+      lin(L.qkv, Role::QKV, HD + 2 * KD, C, c.qkv_bias);
+    } else {
+      lin(L.q, Role::Q, HD, C, c.qkv_bias);
+      lin(L.k, Role::K, KD, C, c.qkv_bias);
+      lin(L.v, Role::V, KD, C, c.qkv_bias);
+    }
+    lin(L.o, Role::O, C, HD, c.o_bias);
+    if (c.fused_gate_up) {
+      lin(L.gate_up, Role::GATE_UP, 2 * F, C, c.mlp_bias);
+    } else {
+      if (c.gated_ffn) lin(L.gate, Role::GATE, F, C, c.mlp_bias);
+      lin(L.up, Role::UP, F, C, c.mlp_bias);
+    }
+    lin(L.down, Role::DOWN, C, F, c.mlp_bias);
+  }
+  model->norm_f.name = hf_final_norm_module(c);
+  model->norm_f.w = vec(model->norm_f.name + ".weight", C);
+  if (c.norm == NormKind::LAYER) model->norm_f.b = vec(model->norm_f.name + ".bias", C);
+  model->lm_head.module = "lm_head";
+  model->lm_head.in = C;
+  model->lm_head.out = V;
+  if (c.tied) {
+    model->lm_head.W = model->wte;
+    used.insert("lm_head.weight");  // a tied checkpoint may carry a copy; the embedding is used
+  } else {
+    model->lm_head.W = load_untied_head(src, cfg_path, V, C);
+    used.insert("lm_head.weight");
+  }
+  // A tensor this model does not read would be computed without: refused, never ignored
+  // (an extra bias, a norm of another family, a vision tower...).
+  for (const auto& [name, where] : src.where)
+    if (!used.count(name) && !ignorable_tensor(name))
+      fail(where.second, ": tensor ", name, " is not part of a ", c.model_type,
+           " model as this engine reads it (unsupported variant?)");
+  model->finish_load();
   return model;
 }
 

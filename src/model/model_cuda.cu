@@ -96,6 +96,30 @@ struct CudaModel::Impl {
 
 namespace {
 
+// The GPU path implements the original llama / GPT-2 block: refuse every part of the model
+// description it does not (rather than compute another model).
+void check_supported(const ModelConfig& c, const std::string& src) {
+  auto no = [&](bool bad, const char* what) {
+    if (bad) fail("CUDA model: ", src, ": ", what, " is not implemented on the GPU path (use the CPU)");
+  };
+  no(c.qk_norm, "q/k norm (Qwen3, Gemma 3)");
+  no(c.post_norms, "post-attention / post-FFN norms (Gemma)");
+  no(c.norm_offset != 0.f, "(1 + w) RMSNorm (Gemma)");
+  no(c.embed_scale != 1.f, "embedding scaling (Gemma)");
+  no(c.attn_softcap != 0.f || c.final_softcap != 0.f, "softcapping (Gemma 2)");
+  no(c.fused_gate_up, "a fused gate_up projection (Phi-3)");
+  no(c.fused_qkv && c.arch != Arch::GPT2, "a fused qkv projection (Phi-3)");
+  no(c.gated_ffn && c.act != Activation::SILU, "a GeGLU MLP (Gemma)");
+  no(c.q_dim() != c.dim, "a head size other than hidden / heads");
+  no(std::fabs(c.attn_scale * std::sqrt(float(c.head_dim)) - 1.f) > 1e-6f, "an attention scale other than 1/sqrt(head_dim)");
+  if (c.arch == Arch::LLAMA) {
+    no(c.ropes.size() != 1, "per-layer RoPE bases (Gemma 3)");
+    no(c.ropes[0].scaling != RopeScaling::NONE || !c.ropes[0].freq_factors.empty() || c.ropes[0].attn_factor != 1.f,
+       "RoPE scaling");
+    no(c.ropes[0].dim != c.head_dim, "partial rotary embedding");
+  }
+}
+
 template <typename T>
 struct ImplT final : CudaModel::Impl {
   static constexpr bool kBf16 = std::is_same_v<T, cu::bf16>;
@@ -155,15 +179,20 @@ struct ImplT final : CudaModel::Impl {
 
   ImplT(const Model& m, const CudaModelOptions& o) : cfg(m.cfg), opt(o) {
     const ModelConfig& c = cfg;
+    check_supported(c, m.source);
     upload_matrix(wte, m.wte);
     if (c.arch == Arch::GPT2) upload_buffer(wpe, m.wpe);
     layers.resize(size_t(c.n_layer));
     for (int64_t l = 0; l < c.n_layer; l++) {
       const Layer& L = m.layers[size_t(l)];
       LayerDev& d = layers[size_t(l)];
-      upload_norm(d.n1, L.norm1);
-      upload_norm(d.n2, L.norm2);
-      const Linear* src[kNumLin] = {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.fc, &L.up, &L.down};
+      upload_norm(d.n1, L.attn_norm);
+      upload_norm(d.n2, L.ffn_norm);
+      static const Linear none;
+      // GPU slots: fc is the gate of a gated MLP or GPT-2's c_fc; up only exists when gated.
+      const Linear* fc = c.gated_ffn ? &L.gate : &L.up;
+      const Linear* up = c.gated_ffn ? &L.up : &none;
+      const Linear* src[kNumLin] = {&L.q, &L.k, &L.v, &L.qkv, &L.o, fc, up, &L.down};
       for (int i = 0; i < kNumLin; i++)
         if (!src[i]->module.empty()) upload_linear(d.lin[i], *src[i], m);
     }
@@ -428,8 +457,9 @@ struct ImplT final : CudaModel::Impl {
     if (int64_t(batch.ids.size()) != N) fail("batch: ids size ", batch.ids.size(), " != B*T ", N);
     if (c.arch == Arch::GPT2 && T_ > c.max_pos)
       fail("sequence length ", T_, " exceeds the model's ", c.max_pos, " positions");
-    if (c.sliding_window > 0 && T_ > c.sliding_window)
-      fail("CUDA model: sequence length ", T_, " exceeds the sliding window ", c.sliding_window);
+    for (const LayerSpec& l : c.layers)
+      if (l.window > 0 && T_ > l.window)
+        fail("CUDA model: sequence length ", T_, " exceeds the sliding window ", l.window, " (not implemented on the GPU)");
     for (int32_t id : batch.ids)
       if (id < 0 || id >= c.vocab) fail("token id ", id, " is outside the vocabulary (", c.vocab, ")");
     have_targets = !batch.targets.empty();
@@ -528,8 +558,8 @@ struct ImplT final : CudaModel::Impl {
       lin_fwd(L.lin[kQ], a.ln1.p, a.q.p, N, 0, a.h[kQ].p);
       lin_fwd(L.lin[kK], a.ln1.p, a.k.p, N, 0, a.h[kK].p);
       lin_fwd(L.lin[kV], a.ln1.p, a.v.p, N, 0, a.h[kV].p);
-      cu::rope_forward<T>(a.q.p, pos.p, N, H, D, c.rope_theta, c.rope_half);
-      cu::rope_forward<T>(a.k.p, pos.p, N, KVH, D, c.rope_theta, c.rope_half);
+      cu::rope_forward<T>(a.q.p, pos.p, N, H, D, c.ropes[0].theta, true);
+      cu::rope_forward<T>(a.k.p, pos.p, N, KVH, D, c.ropes[0].theta, true);
     }
     cu::attention_forward<T>(a.atty.p, a.lse.p, a.q.p, a.k.p, a.v.p, B, T_, H, KVH, D);
     lin_fwd(L.lin[kO], a.atty.p, tmp.p, N, 0, a.h[kO].p);
@@ -577,8 +607,8 @@ struct ImplT final : CudaModel::Impl {
       cu::detail::check_launch("join_qkv");
       lin_bwd(L.lin[kQKV], a.ln1.p, dqkv.p, dln.p, N, 0, a.h[kQKV].p, true);
     } else {
-      cu::rope_backward<T>(dq.p, pos.p, N, H, D, c.rope_theta, c.rope_half);
-      cu::rope_backward<T>(dk.p, pos.p, N, KVH, D, c.rope_theta, c.rope_half);
+      cu::rope_backward<T>(dq.p, pos.p, N, H, D, c.ropes[0].theta, true);
+      cu::rope_backward<T>(dk.p, pos.p, N, KVH, D, c.ropes[0].theta, true);
       lin_bwd(L.lin[kQ], a.ln1.p, dq.p, dln.p, N, 0, a.h[kQ].p, true);
       lin_bwd(L.lin[kK], a.ln1.p, dk.p, dln.p, N, 0, a.h[kK].p, false);
       lin_bwd(L.lin[kV], a.ln1.p, dv.p, dln.p, N, 0, a.h[kV].p, false);

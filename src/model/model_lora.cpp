@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "model/model.h"
+#include "model/names.h"
 #include "ops/ops.h"
 
 extern "C" void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* lda, float* s, float* u,
@@ -141,37 +142,26 @@ void Model::enable_full_finetune() {
     L->dW = FloatBuffer::zeros({L->out, L->in});
     if (L->bias.n) L->dbias = FloatBuffer::zeros({L->out});
   }
-  auto norm_grads = [](Norm& n) {
-    n.dw = FloatBuffer::zeros({n.w.n});
-    if (n.b.n) n.db = FloatBuffer::zeros({n.b.n});
-  };
-  for (Layer& L : layers) {
-    norm_grads(L.norm1);
-    norm_grads(L.norm2);
+  for (Norm* n : norms()) {
+    n->dw = FloatBuffer::zeros({n->w.n});
+    if (n->b.n) n->db = FloatBuffer::zeros({n->b.n});
   }
-  norm_grads(norm_f);
 }
 
 std::vector<Model::ParamRef> Model::full_params() {
   std::vector<ParamRef> p;
   if (!full_finetune) return p;
-  const bool gpt2 = cfg.arch == Arch::GPT2;
-  p.push_back({gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight",
-               const_cast<float*>(static_cast<const float*>(wte.data)), dwte.ptr(), dwte.n});
+  p.push_back({hf_embed_module(cfg) + ".weight", const_cast<float*>(static_cast<const float*>(wte.data)), dwte.ptr(),
+               dwte.n});
   if (dwpe.n) p.push_back({"transformer.wpe.weight", wpe.ptr(), dwpe.ptr(), wpe.n});
   for (Linear* L : linears()) {
     p.push_back({L->module + ".weight", L->W_owned.ptr(), L->dW.ptr(), L->W_owned.n});
     if (L->bias.n) p.push_back({L->module + ".bias", L->bias.ptr(), L->dbias.ptr(), L->bias.n});
   }
-  auto add_norm = [&](Norm& n) {
-    p.push_back({n.name + ".weight", n.w.ptr(), n.dw.ptr(), n.w.n});
-    if (n.b.n) p.push_back({n.name + ".bias", n.b.ptr(), n.db.ptr(), n.b.n});
-  };
-  for (Layer& L : layers) {
-    add_norm(L.norm1);
-    add_norm(L.norm2);
+  for (Norm* n : norms()) {
+    p.push_back({n->name + ".weight", n->w.ptr(), n->dw.ptr(), n->w.n});
+    if (n->b.n) p.push_back({n->name + ".bias", n->b.ptr(), n->db.ptr(), n->b.n});
   }
-  add_norm(norm_f);
   return p;
 }
 

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/mmap_file.h"
+#include "model/names.h"
 
 namespace lowrank {
 
@@ -87,7 +88,7 @@ std::unique_ptr<Model> make_random_model(const ModelConfig& cfg_in, const Random
   ModelConfig& c = model->cfg;
   if (o.untie) c.tied = false;
   model->source = "random:" + (c.model_type.empty() ? std::string("model") : c.model_type);
-  const int64_t C = c.dim, V = c.vocab, F = c.ffn, HD = c.n_head * c.head_dim, KD = c.n_kv_head * c.head_dim;
+  const int64_t C = c.dim, V = c.vocab, F = c.ffn, HD = c.q_dim(), KD = c.kv_dim();
   const float s = o.std;
   Filler fl{o.seed};
   const bool gpt2 = c.arch == Arch::GPT2;
@@ -101,45 +102,48 @@ std::unique_ptr<Model> make_random_model(const ModelConfig& cfg_in, const Random
     L.W = fl.mat(out, in, s, conv);
     if (bias) L.bias = fl.vec(out, s);
   };
-  auto norm = [&](Norm& n, const std::string& name, bool with_bias) {
+  auto norm = [&](Norm& n, const std::string& name, bool with_bias, int64_t size) {
     n.name = name;
-    n.w = fl.vec(C, s, 1.f);
-    if (with_bias) n.b = fl.vec(C, s);
+    n.w = fl.vec(size, s, c.norm_offset != 0.f ? 0.f : 1.f);  // (offset + w) near 1
+    if (with_bias) n.b = fl.vec(size, s);
   };
   model->layers.resize(size_t(c.n_layer));
   model->wte = fl.mat(V, C, s, false);
-  if (gpt2) {
+  if (c.learned_pos) {
     model->wpe = FloatBuffer::zeros({c.max_pos, C});
     fl.fill(model->wpe.ptr(), model->wpe.n, s);
   }
+  const bool ln = c.norm == NormKind::LAYER;
   for (int64_t l = 0; l < c.n_layer; l++) {
     Layer& L = model->layers[size_t(l)];
-    if (gpt2) {
-      const std::string p = "transformer.h." + std::to_string(l);
-      norm(L.norm1, p + ".ln_1", true);
-      norm(L.norm2, p + ".ln_2", true);
-      linear(L.qkv, p + ".attn.c_attn", l, 3 * C, C, true);
-      linear(L.o, p + ".attn.c_proj", l, C, C, true);
-      linear(L.fc, p + ".mlp.c_fc", l, F, C, true);
-      linear(L.down, p + ".mlp.c_proj", l, C, F, true);
-    } else {
-      const std::string p = "model.layers." + std::to_string(l);
-      norm(L.norm1, p + ".input_layernorm", false);
-      norm(L.norm2, p + ".post_attention_layernorm", false);
-      linear(L.q, p + ".self_attn.q_proj", l, HD, C, c.qkv_bias);
-      linear(L.k, p + ".self_attn.k_proj", l, KD, C, c.qkv_bias);
-      linear(L.v, p + ".self_attn.v_proj", l, KD, C, c.qkv_bias);
-      linear(L.o, p + ".self_attn.o_proj", l, C, HD, c.o_bias);
-      linear(L.fc, p + ".mlp.gate_proj", l, F, C, c.mlp_bias);
-      linear(L.up, p + ".mlp.up_proj", l, F, C, c.mlp_bias);
-      linear(L.down, p + ".mlp.down_proj", l, C, F, c.mlp_bias);
+    for (Role r : kAllRoles) {
+      if (!has_role(c, r)) continue;
+      const std::string name = hf_layer_module(c, l, r);
+      switch (r) {
+        case Role::ATTN_NORM: norm(L.attn_norm, name, ln, C); break;
+        case Role::POST_ATTN_NORM: norm(L.post_attn_norm, name, ln, C); break;
+        case Role::FFN_NORM: norm(L.ffn_norm, name, ln, C); break;
+        case Role::POST_FFN_NORM: norm(L.post_ffn_norm, name, ln, C); break;
+        case Role::Q_NORM: norm(L.q_norm, name, false, c.head_dim); break;
+        case Role::K_NORM: norm(L.k_norm, name, false, c.head_dim); break;
+        case Role::Q: linear(L.q, name, l, HD, C, c.qkv_bias); break;
+        case Role::K: linear(L.k, name, l, KD, C, c.qkv_bias); break;
+        case Role::V: linear(L.v, name, l, KD, C, c.qkv_bias); break;
+        case Role::QKV: linear(L.qkv, name, l, HD + 2 * KD, C, c.qkv_bias); break;
+        case Role::O: linear(L.o, name, l, C, HD, c.o_bias); break;
+        case Role::GATE: linear(L.gate, name, l, F, C, c.mlp_bias); break;
+        case Role::UP: linear(L.up, name, l, F, C, c.mlp_bias); break;
+        case Role::GATE_UP: linear(L.gate_up, name, l, 2 * F, C, c.mlp_bias); break;
+        case Role::DOWN: linear(L.down, name, l, C, F, c.mlp_bias); break;
+      }
     }
   }
-  norm(model->norm_f, gpt2 ? "transformer.ln_f" : "model.norm", gpt2);
+  norm(model->norm_f, hf_final_norm_module(c), ln, C);
   model->lm_head.module = "lm_head";
   model->lm_head.in = C;
   model->lm_head.out = V;
   model->lm_head.W = c.tied ? model->wte : fl.mat(V, C, s, false);
+  model->finish_load();
   return model;
 }
 

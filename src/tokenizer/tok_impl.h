@@ -1,5 +1,6 @@
 // Internal representation of a loaded tokenizer (see tokenizer.h for the public API).
 #pragma once
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -118,6 +119,13 @@ struct BpeModel {
   std::string prefix;  // continuing_subword_prefix
   std::string suffix;  // end_of_word_suffix
   bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
+  // llama.cpp vocabularies: merges work on strings, so a merge's parts and result need not be
+  // tokens; such strings get ids >= virtual_base (virtual_ids). A piece that is not a token at
+  // the end (a virtual id, or a character outside the vocabulary: id -1) becomes its bytes:
+  // <0xXX> tokens, or with late_fallback_raw the one-byte tokens (byte-level vocabularies).
+  bool late_fallback = false, late_fallback_raw = false;
+  int32_t virtual_base = INT32_MAX;
+  std::unordered_map<std::string, int32_t> virtual_ids;
   int32_t byte_ids[256];  // ids of "<0xXX>" tokens, -1 when absent
   int32_t single_byte_ids[128];  // ids of one-character ASCII tokens (no prefix/suffix), -1 absent
 
@@ -163,6 +171,17 @@ class TokenTrie {
   bool empty() const { return nodes_.size() <= 1; }
   // Longest pattern starting at s[pos]: returns its value and sets len, or -1.
   int32_t longest_at(std::string_view s, size_t pos, size_t& len) const;
+  // Calls f(value) for every pattern that starts at s[pos] (shortest first).
+  template <typename F>
+  void each_at(std::string_view s, size_t pos, F&& f) const {
+    int32_t node = 0;
+    for (size_t i = pos; i < s.size(); i++) {
+      int32_t nx = child(node, (unsigned char)s[i]);
+      if (nx < 0) return;
+      node = nx;
+      if (nodes_[node].value >= 0) f(nodes_[node].value);
+    }
+  }
   bool may_start(unsigned char c) const { return first_[c]; }
 
  private:
@@ -170,6 +189,7 @@ class TokenTrie {
     std::vector<std::pair<unsigned char, int32_t>> next;  // sorted by byte
     int32_t value = -1;
   };
+  int32_t child(int32_t node, unsigned char c) const;
   std::vector<Node> nodes_{Node{}};
   bool first_[256] = {};
 };
@@ -183,8 +203,17 @@ struct Segment {
 
 // ---------------------------------------------------------------- the tokenizer
 
+// A token that llama.cpp's tokenizer_st_partition splits out of the input (control, unknown and
+// user-defined tokens), with the LSTRIP/RSTRIP attributes it may carry.
+struct LlamaSpecial {
+  std::string text;
+  int32_t id = -1;
+  bool lstrip = false, rstrip = false;
+};
+
 struct Impl {
-  enum class Mode { HF, SPM } mode = Mode::HF;
+  // HF: tokenizer.json pipeline. SPM / LlamaBpe: llama.cpp's llama_vocab (GGUF vocabularies).
+  enum class Mode { HF, SPM, LlamaBpe } mode = Mode::HF;
   std::string source;
 
   // Vocabulary: model tokens plus added tokens (added tokens override the id->token map).
@@ -207,10 +236,14 @@ struct Impl {
 
   BpeModel bpe;
   SpmModel spm;
-  bool spm_add_bos = false, spm_add_eos = false;
 
-  // SPM mode: tokens recognised inside the input text, longest first.
-  std::vector<std::pair<std::string, int32_t>> spm_specials;
+  // SPM / LlamaBpe modes (llama.cpp semantics).
+  bool llama_add_bos = false, llama_add_eos = false;
+  bool llama_add_space_prefix = true;     // SPM: " " before the first fragment and after specials
+  bool llama_escape_whitespace = false;   // LlamaBpe (gemma4 pre): ' ' -> "▁" before splitting
+  bool llama_newline_words_whole = false; // LlamaBpe (gemma4 pre): an all-'\n' word in the vocab is one token
+  std::vector<LlamaSpecial> llama_specials;  // longest text first (llama.cpp's priority order)
+  TokenTrie llama_special_trie;              // texts of llama_specials -> index, to find those present
 
   std::string bos_token, eos_token, pad_token, chat_template;
   int32_t bos = -1, eos = -1, pad = -1;
@@ -221,7 +254,8 @@ struct Impl {
 
  private:
   void split_added(std::string_view text, const TokenTrie& trie, bool at_start, std::vector<Segment>& out) const;
-  std::vector<int32_t> encode_spm(const std::string& text, bool add_special) const;
+  std::vector<int32_t> encode_llama(const std::string& text, bool add_special) const;
+  void partition_llama(const std::string& text, std::vector<Segment>& out) const;
 };
 
 }  // namespace lowrank::tok

@@ -58,7 +58,7 @@ void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out, const 
       return;
     }
   }
-  if (word.size() < kSplitMinBytes || !prefix.empty() || !suffix.empty()) {
+  if (word.size() < kSplitMinBytes || !prefix.empty() || !suffix.empty() || !virtual_ids.empty()) {
     tokenize_cached(word, out, source);
     return;
   }
@@ -156,6 +156,13 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out, const s
       auto it = vocab->find(s);
       if (it != vocab->end()) id = it->second;
     }
+    if (id < 0 && late_fallback) {
+      // llama.cpp keeps the character as a piece (merges may name it) and turns it into bytes
+      // at the end if it is still not a token.
+      auto v = virtual_ids.find(s);
+      add(v == virtual_ids.end() ? -1 : v->second, byte_len);
+      continue;
+    }
     if (id >= 0) {
       if (have_unk) {
         add(unk_id, unk_len);
@@ -220,8 +227,20 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out, const s
       }
     }
   }
-  for (const Symbol& sym : syms)
-    if (sym.len > 0) out.push_back(sym.id);
+  size_t off = 0;  // live symbols cover the word in order
+  for (const Symbol& sym : syms) {
+    if (sym.len == 0) continue;
+    if (late_fallback && (sym.id < 0 || sym.id >= virtual_base)) {
+      for (size_t k = off; k < off + sym.len; k++) {
+        unsigned char c = (unsigned char)w[k];
+        int32_t b = late_fallback_raw ? (c < 128 ? single_byte_ids[c] : -1) : byte_ids[c];
+        if (b >= 0) out.push_back(b);
+      }
+    } else {
+      out.push_back(sym.id);
+    }
+    off += sym.len;
+  }
 }
 
 // ---------------------------------------------------------------- SentencePiece (llama.cpp)
@@ -311,6 +330,13 @@ void TokenTrie::add(const std::string& pattern, int32_t value) {
   }
   if (nodes_[node].value < 0) nodes_[node].value = value;  // first identical pattern wins
   first_[(unsigned char)pattern[0]] = true;
+}
+
+int32_t TokenTrie::child(int32_t node, unsigned char c) const {
+  const auto& nx = nodes_[node].next;
+  auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(c, int32_t(-1)),
+                             [](const auto& a, const auto& b) { return a.first < b.first; });
+  return it != nx.end() && it->first == c ? it->second : -1;
 }
 
 int32_t TokenTrie::longest_at(std::string_view s, size_t pos, size_t& len) const {

@@ -822,7 +822,7 @@ void Impl::split_added(std::string_view s, const TokenTrie& trie, bool at_start,
 }
 
 std::vector<int32_t> Impl::encode(const std::string& input, bool add_special) const {
-  if (mode == Mode::SPM) return encode_spm(input, add_special);
+  if (mode != Mode::HF) return encode_llama(input, add_special);
   std::vector<int32_t> ids;
   try {
     std::string owned;
@@ -873,52 +873,6 @@ std::vector<int32_t> Impl::encode(const std::string& input, bool add_special) co
     }
   }
   return ids;
-}
-
-// llama.cpp llama_vocab::tokenize for LLAMA_VOCAB_TYPE_SPM with parse_special = true.
-std::vector<int32_t> Impl::encode_spm(const std::string& text, bool add_special) const {
-  std::vector<int32_t> out;
-  if (add_special && spm_add_bos && bos >= 0) out.push_back(bos);
-  std::vector<Segment> frags;
-  if (!text.empty()) frags.push_back(Segment{-1, text, true});
-  for (const auto& [tok, id] : spm_specials) {
-    std::vector<Segment> next;
-    for (auto& f : frags) {
-      if (f.id >= 0 || f.text.find(tok) == std::string::npos) {
-        next.push_back(std::move(f));
-        continue;
-      }
-      size_t pos = 0;
-      while (true) {
-        size_t hit = f.text.find(tok, pos);
-        if (hit == std::string::npos) break;
-        if (hit > pos) next.push_back(Segment{-1, f.text.substr(pos, hit - pos), false});
-        next.push_back(Segment{id, std::string(), false});
-        pos = hit + tok.size();
-      }
-      if (pos < f.text.size()) next.push_back(Segment{-1, f.text.substr(pos), false});
-    }
-    frags.swap(next);
-  }
-  bool prev_special = true;
-  std::string buf;
-  for (const auto& f : frags) {
-    if (f.id >= 0) {
-      out.push_back(f.id);
-      prev_special = true;
-      continue;
-    }
-    buf.clear();
-    if (prev_special) buf += "\xE2\x96\x81";
-    for (char c : f.text) {
-      if (c == ' ') buf += "\xE2\x96\x81";
-      else buf.push_back(c);
-    }
-    spm.tokenize(buf, out, model_vocab);
-    prev_special = false;
-  }
-  if (add_special && spm_add_eos && eos >= 0) out.push_back(eos);
-  return out;
 }
 
 std::string Impl::decode(const std::vector<int32_t>& ids, bool skip_special) const {
@@ -982,73 +936,19 @@ Tokenizer Tokenizer::from_hf_dir(const std::string& dir) {
 Tokenizer Tokenizer::from_sentencepiece_vocab(std::vector<std::string> tokens, std::vector<float> scores,
                                               std::vector<int32_t> types, int32_t bos, int32_t eos, int32_t unk,
                                               bool add_bos, bool add_eos) {
-  const char* src = "sentencepiece vocabulary";
-  size_t n = tokens.size();
-  if (n == 0) fail(src, ": no tokens");
-  if (n > size_t(1) << 26) fail(src, ": too many tokens (", n, ")");
-  if (!scores.empty() && scores.size() != n) fail(src, ": ", scores.size(), " scores for ", n, " tokens");
-  if (!types.empty() && types.size() != n) fail(src, ": ", types.size(), " token types for ", n, " tokens");
-  auto check_id = [&](int32_t id, const char* what) {
-    if (id < -1 || (id >= 0 && size_t(id) >= n)) fail(src, ": ", what, " id ", id, " out of range [0, ", n, ")");
-  };
-  check_id(bos, "bos");
-  check_id(eos, "eos");
-  check_id(unk, "unk");
-  auto im = std::make_shared<tok::Impl>();
-  im->mode = tok::Impl::Mode::SPM;
-  im->source = src;
-  scores.resize(n, 0.0f);
-  types.resize(n, 1);
-  for (float& s : scores)
-    if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();
-  im->model_vocab.reserve(n * 2);
-  for (size_t i = 0; i < n; i++) {
-    if (!tok::is_valid_utf8(tokens[i])) tokens[i] = tok::utf8_lossy(tokens[i]);
-    im->model_vocab[tokens[i]] = int32_t(i);  // later duplicates win, as in llama.cpp
-  }
-  im->spm.scores = scores;
-  im->spm.unk = unk;
-  for (int b = 0; b < 256; b++) {
-    char name[8];
-    snprintf(name, sizeof(name), "<0x%02X>", b);
-    auto it = im->model_vocab.find(name);
-    if (it == im->model_vocab.end()) it = im->model_vocab.find(std::string(1, char(b)));
-    im->spm.byte_ids[b] = it == im->model_vocab.end() ? -1 : it->second;
-  }
-  im->present.assign(n, 1);
-  im->special.assign(n, 0);
-  for (size_t i = 0; i < n; i++) {
-    int32_t t = types[i];
-    if (t == 2 || t == 3) im->special[i] = 1;
-    if ((t == 2 || t == 3 || t == 4) && !tokens[i].empty()) im->spm_specials.push_back({tokens[i], int32_t(i)});
-  }
-  std::stable_sort(im->spm_specials.begin(), im->spm_specials.end(),
-                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-  im->id_to_token = std::move(tokens);
-  im->bos = bos;
-  im->eos = eos;
-  im->spm_add_bos = add_bos;
-  im->spm_add_eos = add_eos;
-  if (bos >= 0) im->bos_token = im->id_to_token[bos];
-  if (eos >= 0) im->eos_token = im->id_to_token[eos];
-  // Decoding like HF's Llama tokenizer.json: "▁" -> " ", <0xXX> bytes, fuse, strip one leading space.
-  using DK = tok::Decoder::Kind;
-  tok::Decoder rep;
-  rep.kind = DK::Replace;
-  rep.re = std::make_shared<tok::Regex>("\xE2\x96\x81", true);
-  rep.text = " ";
-  tok::Decoder bf;
-  bf.kind = DK::ByteFallback;
-  tok::Decoder fuse;
-  fuse.kind = DK::Fuse;
-  tok::Decoder strip;
-  strip.kind = DK::Strip;
-  strip.ch = ' ';
-  strip.start = 1;
-  im->decoder.kind = DK::Sequence;
-  im->decoder.children = {rep, bf, fuse, strip};
-  im->has_decoder = true;
-  return Tokenizer(std::move(im));
+  LlamaVocab v;
+  v.kind = LlamaVocab::Kind::Spm;
+  v.source = "sentencepiece vocabulary";
+  v.tokens = std::move(tokens);
+  v.scores = std::move(scores);
+  v.types = std::move(types);
+  v.bos = bos;
+  v.eos = eos;
+  v.unk = unk;
+  v.add_bos = add_bos;
+  v.add_eos = add_eos;
+  v.add_space_prefix = true;
+  return from_llama_vocab(std::move(v));
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens) const {

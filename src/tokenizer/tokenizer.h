@@ -18,6 +18,29 @@ namespace lowrank {
 
 namespace tok { struct Impl; }
 
+// A vocabulary as llama.cpp holds it (GGUF tokenizer.ggml.*), already resolved: the defaults
+// llama.cpp applies for missing keys are filled in by the reader (tokenizer/gguf_vocab.h).
+struct LlamaVocab {
+  enum class Kind { Spm, Bpe };  // tokenizer.ggml.model "llama" / "gpt2"
+  Kind kind = Kind::Spm;
+  std::string source = "llama vocabulary";  // names the file in errors
+  std::vector<std::string> tokens;  // id -> text
+  std::vector<float> scores;        // SPM merge priority per id (empty: all 0)
+  // Per id: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte (empty: all normal).
+  std::vector<int32_t> types;
+  std::vector<std::string> merges;  // BPE: "left right" in rank order
+  // BPE pre-tokenizer as llama.cpp names it (tokenizer.ggml.pre): llama-bpe/llama3/llama-v3,
+  // smaug-bpe/dbrx, qwen2/deepseek-r1-qwen, smollm, gpt-2/phi-2, default,
+  // gemma4/granite-embed-multi-311m. Others are refused.
+  std::string pre;
+  int32_t bos = -1, eos = -1, unk = -1;
+  bool add_bos = false, add_eos = false;
+  bool add_space_prefix = true;  // SPM: "▁" before the text and after every special token
+  // Special tokens with llama.cpp's LSTRIP / RSTRIP attribute: they swallow the ASCII
+  // whitespace before / after them in the input (llama.cpp sets these by model name).
+  std::vector<int32_t> lstrip_ids, rstrip_ids;
+};
+
 class Tokenizer {
  public:
   // Loads dir/tokenizer.json and, if present, dir/tokenizer_config.json (bos/eos/pad token
@@ -33,6 +56,12 @@ class Tokenizer {
   static Tokenizer from_sentencepiece_vocab(std::vector<std::string> tokens, std::vector<float> scores,
                                             std::vector<int32_t> types, int32_t bos, int32_t eos, int32_t unk,
                                             bool add_bos, bool add_eos);
+  // Any llama.cpp vocabulary (SentencePiece or BPE), encoding as llama.cpp's
+  // llama_vocab::tokenize(text, add_special, parse_special = true) does: control, unknown and
+  // user-defined token texts in the input are those tokens (longest first), then SPM or BPE
+  // (with the named pre-tokenizer's regexes and GPT-2 byte mapping) on the text between them.
+  // Decoding follows the matching HF decoder (byte-level, or "▁" -> " " with byte fallback).
+  static Tokenizer from_llama_vocab(LlamaVocab vocab);
 
   Tokenizer(const Tokenizer&) = default;
   Tokenizer(Tokenizer&&) noexcept = default;

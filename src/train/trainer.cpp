@@ -242,11 +242,11 @@ TrainResult train(Model& model, const std::vector<Example>& data, const std::vec
       batch.row_adapters.assign(size_t(batch.B), uses);
       int64_t ntok = 0;
       for (int32_t t : batch.targets) ntok += t >= 0;
-      double sum = model.forward(batch, true);
       if (ntok == 0) continue;
+      // Forward and backward in one pass (the head's logits become gradients chunk by chunk).
+      const double sum = model.forward_backward(batch, float(1.0 / (double(ntok) * double(o.grad_accum))));
       if (!std::isfinite(sum))
         diverged(step, "the loss is " + std::to_string(sum / double(ntok)) + " (not finite)");
-      model.backward(float(1.0 / (double(ntok) * double(o.grad_accum))));
       loss += sum / double(ntok) / double(o.grad_accum);
       step_tokens += batch.B * batch.T;
     }

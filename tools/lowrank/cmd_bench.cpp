@@ -30,6 +30,7 @@
 #include <sstream>
 
 #include "common.h"
+#include "model/names.h"
 #include "core/error.h"
 #include "core/json_error.h"
 #include "io/safetensors.h"
@@ -192,10 +193,10 @@ std::vector<NamedTensor> model_tensors(Model& m) {
   auto vec = [&](const std::string& name, const FloatBuffer& b) {
     if (b.n) t.push_back({name, b.shape, b.ptr()});
   };
-  mat(gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight", m.wte);
+  mat(hf_embed_module(m.cfg) + ".weight", m.wte);
   if (m.wpe.n) vec("transformer.wpe.weight", m.wpe);
   for (Layer& L : m.layers) {
-    for (Norm* n : {&L.norm1, &L.norm2}) {
+    for (Norm* n : L.norms()) {
       vec(n->name + ".weight", n->w);
       vec(n->name + ".bias", n->b);
     }
@@ -207,6 +208,7 @@ std::vector<NamedTensor> model_tensors(Model& m) {
   }
   vec(m.norm_f.name + ".weight", m.norm_f.w);
   vec(m.norm_f.name + ".bias", m.norm_f.b);
+  (void)gpt2;
   return t;
 }
 
@@ -278,6 +280,7 @@ void run_bench(Opts o) {
     mp = make_random_model(cfg, ro);
   }
   Model& m = *mp;
+  m.keep_logits = o.mode == "merged-latency";  // compares the merged model's logits
   const double build_s = now_s() - t_build0;
   const int64_t rss_model_kb = proc_status_kb("VmRSS");
   const CpuSample cpu0 = cpu_sample();  // after the build: the measured part

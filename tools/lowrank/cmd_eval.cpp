@@ -28,6 +28,7 @@ void add_eval(CLI::App& app) {
                 "position (argmax of the logits; top1[t] predicts ids[t+1]); implies --per-record");
   cmd->callback([o] {
     Loaded l = load_all(o->model, o->adapters);
+    l.model->keep_logits = o->top1;
     std::vector<Example> data = load_jsonl(o->data, l.tok, o->seq_len);
     double total = 0;
     int64_t tokens = 0;

@@ -25,7 +25,15 @@ void print_model_summary(const std::string& path) {
   std::printf("layers %lld  hidden %lld  heads %lld  kv-heads %lld  head-dim %lld  ffn %lld  vocab %lld\n",
               (long long)c.n_layer, (long long)c.dim, (long long)c.n_head, (long long)c.n_kv_head,
               (long long)c.head_dim, (long long)c.ffn, (long long)c.vocab);
-  if (c.arch == Arch::LLAMA) std::printf("rope theta %g  rms eps %g\n", c.rope_theta, c.norm_eps);
+  if (c.arch == Arch::LLAMA)
+    for (size_t r = 0; r < c.ropes.size(); r++)
+      std::printf("rope%s theta %g  dims %lld  scaling %d (factor %g)\n", c.ropes.size() > 1 ? (r ? " (local)" : " (global)") : "",
+                  c.ropes[r].theta, (long long)c.ropes[r].dim, int(c.ropes[r].scaling), c.ropes[r].factor);
+  std::printf("norm eps %g  attention scale %g  softcap %g / %g\n", c.norm_eps, c.attn_scale, c.attn_softcap,
+              c.final_softcap);
+  int64_t windowed = 0;
+  for (const LayerSpec& l : c.layers) windowed += l.window > 0;
+  if (windowed) std::printf("sliding-window layers: %lld of %lld\n", (long long)windowed, (long long)c.n_layer);
   std::printf("tied embeddings: %s\n", c.tied ? "yes" : "no");
   std::printf("parameters: %lld\n", (long long)m->num_parameters());
 }
@@ -46,7 +54,7 @@ void add_inspect(CLI::App& app) {
       GgufFile f = GgufFile::open(p);
       std::printf("file: %s (%lld bytes, GGUF v%u)\n", p.c_str(), (long long)file_size(p), f.version());
       for (auto& [k, v] : f.metadata()) std::printf("  %s = %s\n", k.c_str(), v.to_string().c_str());
-      if (f.get_string("general.architecture", "") == "llama" && f.tensor("token_embd.weight")) print_model_summary(p);
+      if (f.tensor("token_embd.weight")) print_model_summary(p);
       std::printf("tensors (%zu):\n", f.tensors().size());
       for (const GgufTensorInfo& t : f.tensors())
         std::printf("  %-40s %-8s ne=%s %zu bytes\n", t.name.c_str(), dtype_name(t.dtype), shape_str(t.ne).c_str(), t.nbytes);

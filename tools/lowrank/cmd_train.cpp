@@ -102,7 +102,7 @@ void add_train(CLI::App& app) {
     std::string model, data, eval_data, adapter, out, targets = "q_proj,v_proj", init = "true", gguf_out;
     int64_t r = 8, seq_len = 512;
     double alpha = 16, dropout = -1;
-    bool rslora = false, full = false, pack = false, no_progress = false, overwrite = false;
+    bool rslora = false, full = false, pack = false, no_progress = false, overwrite = false, checkpoint_acts = false;
     std::vector<int64_t> layers;
     TrainOptions t;
   };
@@ -139,6 +139,8 @@ void add_train(CLI::App& app) {
   cmd->add_option("--gguf-out", o->gguf_out, "Also write a GGUF LoRA adapter (GGUF base models)");
   cmd->add_flag("--no-progress", o->no_progress, "No progress bar");
   cmd->add_flag("--overwrite", o->overwrite, "Write into a non-empty --out that holds another run");
+  cmd->add_flag("--checkpoint-activations", o->checkpoint_acts,
+                "Keep only each block's input and recompute the block in the backward (less memory, ~1/3 more compute)");
   cmd->callback([o] {
     // Everything that can be checked before the (long) training run is checked first.
     const bool gguf_model = o->model.size() > 5 && o->model.compare(o->model.size() - 5, 5, ".gguf") == 0;
@@ -158,6 +160,7 @@ void add_train(CLI::App& app) {
 
     Loaded l = load_all(o->model, {});
     Model& m = *l.model;
+    m.checkpoint_activations = o->checkpoint_acts;
     std::vector<Example> data = load_jsonl(o->data, l.tok, o->seq_len);
     int32_t pad = l.tok.pad_id() >= 0 ? l.tok.pad_id() : (l.tok.eos_id() >= 0 ? l.tok.eos_id() : 0);
     if (o->pack) data = pack_examples(data, o->seq_len, pad);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "ops/cpu/fast_math.h"
 #include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
@@ -16,27 +17,8 @@ constexpr int64_t kParallelMin = 32768;  // elements below which a loop stays si
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluC = 0.044715f;
 
-// exp(x): Cephes polynomial, within ~1.5 ulp on [-87, 88]; saturates above 88, 0 below -87.
-// Branch-free so loops over it vectorize (libm expf calls would not). The same helper is
-// in activation.cpp, attention.cpp and loss.cpp: the op files share no private header.
-inline float exp_approx(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  // n = round(xc·log2 e) via the 1.5·2^23 trick (std::floor would block vectorization)
-  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float scale = std::bit_cast<float>((int32_t(fx) + 127) << 23);  // 2^n
-  return x < -87.0f ? 0.0f : p * scale;
-}
 
-inline float sigmoid(float z) { return 1.0f / (1.0f + exp_approx(-z)); }
+inline float sigmoid(float z) { return sigmoid_approx(z); }
 
 }  // namespace
 
@@ -101,6 +83,43 @@ void swiglu_backward_set(float* dgate, float* dup, const float* dout, const floa
     const float silu = g * s;
     dgate[i] = dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
     dup[i] = dout[i] * silu;
+  }
+}
+
+// GELU-tanh(gate) · up (GeGLU, Gemma).
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    const float u = kGeluK * (g + kGeluC * g * g * g);
+    out[i] = g * sigmoid(2.0f * u) * up[i];
+  }
+}
+
+void geglu_backward_set(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    const float u = kGeluK * (g + kGeluC * g * g * g);
+    const float du = kGeluK * (1.0f + 3.0f * kGeluC * g * g);
+    const float s = sigmoid(2.0f * u);
+    dgate[i] = dout[i] * up[i] * (s + g * s * (1.0f - s) * 2.0f * du);
+    dup[i] = dout[i] * g * s;
+  }
+}
+
+void softcap_forward(float* x, int64_t n, float cap) {
+  const float inv = 1.0f / cap;
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) x[i] = cap * tanh_approx(x[i] * inv);
+}
+
+void softcap_backward(float* d, const float* y, int64_t n, float cap) {
+  const float inv = 1.0f / cap;
+#pragma omp parallel for simd if (parallel : n >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    const float t = y[i] * inv;
+    d[i] *= 1.0f - t * t;
   }
 }
 

@@ -8,31 +8,13 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cpu/fast_math.h"
 #include "ops/cpu/ops_ext.h"
 #include "ops/ops.h"
 
 namespace lowrank::ops {
 namespace {
 
-// exp(x): Cephes polynomial, within ~1.5 ulp on [-87, 88]; saturates above 88, 0 below -87.
-// Branch-free so loops over it vectorize (libm expf calls would not). The same helper is
-// in activation.cpp, attention.cpp and loss.cpp: the op files share no private header.
-inline float exp_approx(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  // n = round(xc·log2 e) via the 1.5·2^23 trick (std::floor would block vectorization)
-  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float scale = std::bit_cast<float>((int32_t(fx) + 127) << 23);  // 2^n
-  return x < -87.0f ? 0.0f : p * scale;
-}
 
 // Row kernels are kept out of line: inlined into the OpenMP-outlined loop bodies, GCC 12
 // emits scalar code for them.

@@ -116,6 +116,11 @@ void layernorm_backward_ex(float* dx, float* dw, float* db, const float* dout, c
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N,
                      int64_t C, float eps) {
+  rmsnorm_forward_off(out, rstd, x, w, 0.0f, N, C, eps);
+}
+
+void rmsnorm_forward_off(float* out, float* rstd, const float* x, const float* w, float offset, int64_t N,
+                         int64_t C, float eps) {
 #pragma omp parallel for num_threads(threads_for(N * C))
   for (int64_t n = 0; n < N; n++) {
     const float* xr = x + n * C;  // (C)
@@ -124,8 +129,14 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, in
 #pragma omp simd reduction(+ : ss)
     for (int64_t i = 0; i < C; i++) ss += double(xr[i]) * double(xr[i]);
     const float rs = float(1.0 / std::sqrt(ss / double(C) + double(eps)));
+    // HF order: normalize, then scale (by 1 + w for Gemma, whose (1 + w) is formed in float32)
+    if (offset != 0.0f) {
 #pragma omp simd
-    for (int64_t i = 0; i < C; i++) o[i] = (xr[i] * rs) * w[i];  // HF order: normalize, then scale
+      for (int64_t i = 0; i < C; i++) o[i] = (xr[i] * rs) * (offset + w[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < C; i++) o[i] = (xr[i] * rs) * w[i];
+    }
     if (rstd) rstd[n] = rs;
   }
 }
@@ -137,6 +148,11 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
 
 void rmsnorm_backward_ex(float* dx, float* dw, const float* dout, const float* x, const float* w,
                          const float* rstd, int64_t N, int64_t C, bool accumulate) {
+  rmsnorm_backward_off(dx, dw, dout, x, w, 0.0f, rstd, N, C, accumulate);
+}
+
+void rmsnorm_backward_off(float* dx, float* dw, const float* dout, const float* x, const float* w, float offset,
+                          const float* rstd, int64_t N, int64_t C, bool accumulate) {
   const int nthr = threads_for(N * C);
   std::vector<float> pdw(dw ? size_t(nthr) * size_t(C) : 0, 0.0f);  // (nthr, C)
 #pragma omp parallel num_threads(nthr)
@@ -151,15 +167,15 @@ void rmsnorm_backward_ex(float* dx, float* dw, const float* dout, const float* x
       const float rs = rstd[n];
       double s = 0.0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < C; i++) s += double(g[i] * w[i]) * double(xr[i]);
-      // dx = rs * (g*w) - x * rs³ * mean(g*w*x)
+      for (int64_t i = 0; i < C; i++) s += double(g[i] * (offset + w[i])) * double(xr[i]);
+      // dx = rs * (g*w') - x * rs³ * mean(g*w'*x), w' = offset + w
       const float k = float(s / double(C)) * rs * rs * rs;
       if (accumulate) {
 #pragma omp simd
-        for (int64_t i = 0; i < C; i++) d[i] += rs * g[i] * w[i] - xr[i] * k;
+        for (int64_t i = 0; i < C; i++) d[i] += rs * g[i] * (offset + w[i]) - xr[i] * k;
       } else {
 #pragma omp simd
-        for (int64_t i = 0; i < C; i++) d[i] = rs * g[i] * w[i] - xr[i] * k;
+        for (int64_t i = 0; i < C; i++) d[i] = rs * g[i] * (offset + w[i]) - xr[i] * k;
       }
       if (ldw) {
 #pragma omp simd

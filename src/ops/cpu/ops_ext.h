@@ -50,4 +50,56 @@ double cross_entropy_forward_stats(float* losses, float* row_max, double* row_su
 void cross_entropy_backward_stats(float* logits, const int32_t* targets, const float* dloss,
                                   const float* row_max, const double* row_sum, int64_t N, int64_t V);
 
+// ---- the decoder block's ops (model/block.cpp) ---------------------------------------------
+
+// Attention of one sequence's n new queries at positions [start, start+n) against keys and
+// values at positions [0, start+n) (a KV cache, or the sequence's own fresh k/v when start=0).
+struct AttnShape {
+  int64_t H = 0, KVH = 0, D = 0;
+  float scale = 1.f;    // multiplier of q·k
+  float softcap = 0.f;  // scores → softcap·tanh(scores/softcap); 0 = none
+  int64_t window = 0;   // query at p sees keys k with p - window < k <= p; 0 = all k <= p
+};
+struct AttnSeq {
+  const float* q;        // (n, H·D) rows every qs
+  float* out;            // (n, H·D) rows every os
+  float* lse;            // (H, n, 2) per row: max score and 1/Σexp (for backward), or null
+  const float* k;        // (start + n, KVH·D) rows every ks
+  const float* v;        // (start + n, KVH·D) rows every ks
+  int64_t start = 0, n = 0;
+};
+void attention_flash_forward(const AttnSeq* seqs, int64_t S, int64_t qs, int64_t os, int64_t ks, const AttnShape& a);
+struct AttnSeqGrad {
+  const float *q, *k, *v, *out, *dout, *lse;  // as in AttnSeq; dout like out (out is not read)
+  float *dq, *dk, *dv;                        // overwritten: dq (n rows), dk/dv (start + n rows)
+  int64_t start = 0, n = 0;
+};
+void attention_flash_backward(const AttnSeqGrad* seqs, int64_t S, int64_t qs, int64_t os, int64_t ks,
+                              const AttnShape& a);
+
+// RMSNorm with the weight offset of Gemma: out = x·rstd·(offset + w). rstd (N) saved.
+void rmsnorm_forward_off(float* out, float* rstd, const float* x, const float* w, float offset, int64_t N,
+                         int64_t C, float eps);
+// dx (N, C) overwritten (accumulate = false) or added to; dw (C) += (may be null).
+void rmsnorm_backward_off(float* dx, float* dw, const float* dout, const float* x, const float* w, float offset,
+                          const float* rstd, int64_t N, int64_t C, bool accumulate);
+
+// RoPE with precomputed tables: cos/sin (N, rot/2) for the N rows' positions (already
+// multiplied by the rope's attention factor). x (N, H, D): the first rot dims of every head
+// rotate in pairs (i, i + rot/2) (HF rotate_half). inverse: apply Rᵀ (the backward).
+void rope_tables(float* cos, float* sin, const int32_t* pos, int64_t N, const float* inv_freq, int64_t half,
+                 float attn_factor);
+void rope_apply(float* x, int64_t N, int64_t H, int64_t D, int64_t rot, const float* cos, const float* sin,
+                bool inverse);
+
+// Gated activations: out (n) = act(gate)·up with act SiLU (SwiGLU) or GELU-tanh (GeGLU);
+// backward overwrites dgate, dup (n).
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void geglu_backward_set(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+
+// x (n) → cap·tanh(x/cap) in place; backward from the capped values y: dx = dy·(1 - (y/cap)²),
+// in place on d.
+void softcap_forward(float* x, int64_t n, float cap);
+void softcap_backward(float* d, const float* y, int64_t n, float cap);
+
 }  // namespace lowrank::ops

@@ -104,4 +104,40 @@ void rope_backward(float* dx, const int32_t* pos, int64_t N, int64_t H, int64_t 
   rope_apply(dx, pos, N, H, D, theta, half_rotation, -1.0f);
 }
 
+void rope_tables(float* cos, float* sin, const int32_t* pos, int64_t N, const float* inv_freq, int64_t half,
+                 float attn_factor) {
+#pragma omp parallel for if (N * half >= 65536)
+  for (int64_t n = 0; n < N; n++) {
+    if (pos[n] < 0) continue;  // checked by the caller
+    for (int64_t i = 0; i < half; i++) {
+      // HF: angle = float(pos) * inv_freq in float32; cos/sin of that float, times the factor.
+      const float a = float(pos[n]) * inv_freq[i];
+      cos[n * half + i] = float(std::cos(double(a))) * attn_factor;
+      sin[n * half + i] = float(std::sin(double(a))) * attn_factor;
+    }
+  }
+}
+
+void rope_apply(float* x, int64_t N, int64_t H, int64_t D, int64_t rot, const float* cos, const float* sin,
+                bool inverse) {
+  if (rot % 2 != 0 || rot > D) fail("rope: rotated dims ", rot, " must be even and at most ", D);
+  const int64_t half = rot / 2;
+  const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for if (N * H * D >= 32768)
+  for (int64_t n = 0; n < N; n++) {
+    const float* c = cos + n * half;  // (half)
+    const float* s = sin + n * half;  // (half)
+    for (int64_t h = 0; h < H; h++) {
+      float* v1 = x + (n * H + h) * D;  // (half) first halves of the rotated part
+      float* v2 = v1 + half;            // (half) second halves
+#pragma omp simd
+      for (int64_t i = 0; i < half; i++) {
+        const float a = v1[i], b = v2[i], si = sign * s[i];
+        v1[i] = a * c[i] - b * si;
+        v2[i] = b * c[i] + a * si;
+      }
+    }
+  }
+}
+
 }  // namespace lowrank::ops
