@@ -105,6 +105,7 @@ bool llama_scores(const std::string& nlc, const std::string& model, const std::s
 Scores lowrank_scores(const std::string& model, const std::vector<std::vector<int32_t>>& recs,
                       std::vector<std::vector<float>>* logits_out) {
   std::unique_ptr<Model> m = load_model(model);
+  m->keep_logits = true;
   const int64_t V = m->cfg.vocab;
   Scores s;
   for (const auto& ids : recs) {
