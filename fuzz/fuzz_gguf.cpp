@@ -11,7 +11,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "io/dequant.h"
+#include "quants/dequant.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 

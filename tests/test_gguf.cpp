@@ -17,7 +17,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "io/dequant.h"
+#include "quants/dequant.h"
 #include "io/gguf.h"
 #include "fixture_util.h"
 #include "model/gguf_model.h"
@@ -386,7 +386,7 @@ TEST(Gguf, WriterRejectsBadInput) {
   EXPECT_THROW(w.add_tensor("c", {48}, DType::Q8_0, a.data(), 51), Error);      // block
   EXPECT_THROW(w.add_tensor("d", {1, 1, 1, 1, 1}, DType::F32, a.data(), 4), Error);
   EXPECT_THROW(w.add_tensor("e", {4}, uint32_t(99), a.data(), 16), Error);
-  EXPECT_THROW(w.add_tensor("f", {4}, DType::I32, a.data(), 16), Error);
+  EXPECT_THROW(w.add_tensor("f", {4}, DType::U8, a.data(), 4), Error);  // no ggml type for U8
   GgufValue broken = GgufValue::f32_array({1, 2});
   broken.count = 3;
   EXPECT_THROW(w.set_raw("x", broken), Error);
@@ -578,10 +578,14 @@ TEST(Gguf, CorruptTensorInfo) {
   }
   {
     HandSpec s;
-    s.type0 = 99;
-    expect_error(hand_file(s).b, {"'t0'", "99"});
-    s.type0 = 3;  // Q4_1: a real ggml type that this engine does not decode
-    expect_error(hand_file(s).b, {"'t0'", "Q4_1"});
+    s.type0 = 99;  // past ggml's type table
+    expect_error(hand_file(s).b, {"'t0'", "unknown ggml tensor type 99"});
+    s.type0 = quants::kGgmlTypeCount;  // the first id past the table
+    expect_error(hand_file(s).b, {"'t0'", "unknown ggml tensor type 43"});
+    s.type0 = 4;  // Q4_2: removed from ggml
+    expect_error(hand_file(s).b, {"'t0'", "type 4 was removed"});
+    s.type0 = 40;  // NVFP4: a real ggml type that this engine does not decode
+    expect_error(hand_file(s).b, {"'t0'", "unsupported ggml tensor type 40 (NVFP4)"});
   }
   {
     HandSpec s;
@@ -728,4 +732,80 @@ TEST(GgufTinyLlama, ResidentWeightMemoryUnderBudget) {
   std::cout << "[ INFO     ] resident set grew by " << double(grown) / 1e6 << " MB (file "
             << double(fs::file_size(path)) / 1e6 << " MB)\n";
   EXPECT_LT(grown, int64_t(600) * 1000 * 1000);
+}
+
+// Every weight type of the ggml table is read (block geometry from the table), and corrupt
+// quantized data gives one error naming the file and the tensor: a row length that does not
+// divide the block size, data that needs more bytes than the tensor has before the next one
+// (or before the end of the file), a type id past ggml's table.
+TEST(Gguf, EveryWeightTypeAndCorruptBlocks) {
+  for (int i = 0; i < quants::kDTypeCount; i++) {
+    const DType t = DType(i);
+    uint32_t id;
+    if (!dtype_is_weight(t) || !quants::dtype_to_ggml_id(t, &id)) continue;
+    const int64_t be = dtype_block_elems(t), bb = dtype_block_bytes(t);
+    SCOPED_TRACE(dtype_name(t));
+    HandSpec s;
+    s.type0 = id;
+    const int64_t rows = 256 / bb;  // as many rows of one block as fit before t1 at 256
+    s.ne0 = {uint64_t(be), uint64_t(rows)};
+    {
+      Builder b = hand_file(s);
+      GgufFile f = GgufFile::from_memory(b.b.data(), b.b.size(), "all.gguf");
+      const GgufTensorInfo* ti = f.tensor("t0");
+      ASSERT_NE(ti, nullptr);
+      EXPECT_EQ(ti->dtype, t);
+      EXPECT_EQ(ti->nbytes, size_t(rows * bb));
+      Matrix m = f.matrix("t0");
+      std::vector<float> y(size_t(rows * be));
+      m.rows_f32(0, rows, y.data());  // decodes (the bytes are the f32 test data)
+    }
+    if (be > 1) {
+      s.ne0 = {uint64_t(be + be / 2), 1};
+      expect_error(hand_file(s).b, {"'t0'", "row length " + std::to_string(be + be / 2), dtype_name(t)});
+      s.ne0 = {uint64_t(be / 2), 2};
+      expect_error(hand_file(s).b, {"'t0'", "block size " + std::to_string(be)});
+    }
+    s.ne0 = {uint64_t(be), uint64_t(rows + 1)};  // one block too many: runs into t1 (or, for
+    if ((rows + 1) * bb <= 384) {                // the largest blocks, past the 384-byte data)
+      expect_error(hand_file(s).b, {"'t0'", "'t1'", "overlap"});
+    } else {
+      expect_error(hand_file(s).b, {"'t0'", "out of range"});
+    }
+    s.offset1 = 0;                                    // t1 shares t0's start ...
+    s.ne0 = {uint64_t(be), uint64_t(384 / bb + 1)};   // ... and t0 runs past the file's end
+    expect_error(hand_file(s).b, {"'t0'", "out of range"});
+  }
+}
+
+// GgufWriter stores every weight type and the reader gets the same bytes back.
+TEST(Gguf, WriterRoundTripsEveryWeightType) {
+  GgufWriter w;
+  std::vector<std::vector<uint8_t>> keep;
+  for (int i = 0; i < quants::kDTypeCount; i++) {
+    const DType t = DType(i);
+    uint32_t id;
+    if (!dtype_is_weight(t) || !quants::dtype_to_ggml_id(t, &id)) continue;
+    const int64_t be = dtype_block_elems(t);
+    std::vector<uint8_t> bytes(dtype_bytes(t, 2 * 256));  // 2 rows of 256 elements
+    for (size_t k = 0; k < bytes.size(); k++) bytes[k] = uint8_t((k * 29 + size_t(i)) & 0x3f);
+    keep.push_back(bytes);
+    w.add_tensor_copy(std::string("w.") + dtype_name(t), {256, 2}, t, bytes.data(), bytes.size());
+    EXPECT_EQ(256 % be, 0);
+  }
+  const std::vector<uint8_t> img = w.to_bytes();
+  GgufFile f = GgufFile::from_memory(img.data(), img.size(), "rt.gguf");
+  size_t k = 0;
+  for (int i = 0; i < quants::kDTypeCount; i++) {
+    const DType t = DType(i);
+    uint32_t id;
+    if (!dtype_is_weight(t) || !quants::dtype_to_ggml_id(t, &id)) continue;
+    const GgufTensorInfo* ti = f.tensor(std::string("w.") + dtype_name(t));
+    ASSERT_NE(ti, nullptr) << dtype_name(t);
+    EXPECT_EQ(ti->ggml_type, id);
+    ASSERT_EQ(ti->nbytes, keep[k].size());
+    EXPECT_EQ(std::memcmp(ti->data, keep[k].data(), ti->nbytes), 0) << dtype_name(t);
+    k++;
+  }
+  EXPECT_EQ(k, 27u);  // F32, F16, BF16 and the 24 block types
 }

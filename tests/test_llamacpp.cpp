@@ -289,9 +289,10 @@ class LlamaCpp : public ::testing::Test {
   }
 
   // lowrank eval --top1 on the held-out record truncated to BOS + kScored tokens.
-  bool lowrank_eval(const std::string& adapter, const std::string& out_json, Scores& s) {
+  bool lowrank_eval(const std::string& adapter, const std::string& out_json, Scores& s, std::string model = "") {
     std::string out;
-    std::string cmd = q(cli()) + " eval --model " + q(env.model) + " --data " + q(data.heldout) +
+    if (model.empty()) model = env.model;
+    std::string cmd = q(cli()) + " eval --model " + q(model) + " --data " + q(data.heldout) +
                       " --seq-len " + std::to_string(kScored + 1) + " --top1 --json";
     if (!adapter.empty()) cmd += " --adapter " + q(adapter);
     if (!run(cmd, log, out, adapter.empty() ? "lowrank eval --top1" : "lowrank eval --top1 --adapter")) return false;
@@ -397,6 +398,44 @@ TEST_F(LlamaCpp, AdapterAndMergedModel) {
   EXPECT_LE(std::fabs(r_ll / r_lr - 1), kPplTol) << "relative perplexity change: lowrank " << r_lr << ", llama.cpp " << r_ll;
   EXPECT_LE(std::fabs(rel(ll_merged.ppl, ll_ad.ppl)), kPplTol)
       << "merged " << ll_merged.ppl << " vs unmerged adapter " << ll_ad.ppl;
+}
+
+// The real TinyLlama IQ2_XXS file requantized by `lowrank quantize` to Q4_K_M and to Q8_0:
+// each loads in llama.cpp, scores within 2 % of llama.cpp on the original file, and lowrank
+// reads it as llama.cpp does (top-1 agreement >= 90 % and perplexity within 2 %, the criteria
+// of BaseModel). Q4_K_M is written with --uniform-imatrix (llama.cpp's importance-matrix
+// quantizers with an all-ones importance, the bytes llama-quantize --imatrix writes with such a
+// file): measured +1.6 % (2026-12-05). Without it (llama-quantize's default, also byte-identical)
+// the re-rounding of 2-bit codebook weights to 4-bit levels costs +3.8 %; even with unrounded
+// per-group scales and offsets the best 16-level affine fit of these IQ2_XXS weights has 2.3 %
+// relative RMSE (blk.5.ffn_gate), so that target is out of reach of the default search.
+TEST_F(LlamaCpp, RequantizedQ4KMAndQ8_0) {
+  ASSERT_NO_FATAL_FAILURE(prepare("llamacpp_requant"));
+  const std::string ids = dir + "/lowrank_base.json";
+  Scores lr_base, ll_base;
+  ASSERT_TRUE(lowrank_eval("", ids, lr_base));
+  ASSERT_TRUE(llama_score(env.model, "", ids, ll_base));
+  for (const auto& [type, flags] : {std::pair<std::string, std::string>{"Q4_K_M", " --uniform-imatrix"}, {"Q8_0", ""}}) {
+    SCOPED_TRACE(type);
+    const std::string out_model = dir + "/tinyllama-" + type + ".gguf";
+    std::string out;
+    ASSERT_TRUE(run(q(cli()) + " quantize --model " + q(env.model) + " --out " + q(out_model) + " --type " + type + flags,
+                    log, out, ("lowrank quantize --type " + type + flags).c_str()));
+    Scores lr, ll;
+    ASSERT_TRUE(llama_score(out_model, "", ids, ll));
+    ASSERT_TRUE(lowrank_eval("", dir + "/lowrank_" + type + ".json", lr, out_model));
+    ASSERT_EQ(lr.ids, lr_base.ids);
+    int same = 0;
+    const double agree = agreement(lr, ll, &same);
+    std::printf("[ llama.cpp ] requantized %s%s: llama.cpp perplexity %.4f (original %.4f, %+.2f %%); lowrank %.4f "
+                "(%+.2f %% vs llama.cpp); top-1 agreement %.1f %% (%d/%d)\n",
+                type.c_str(), flags.c_str(), ll.ppl, ll_base.ppl, 100 * rel(ll.ppl, ll_base.ppl), lr.ppl, 100 * rel(ll.ppl, lr.ppl), 100 * agree,
+                same, kScored);
+    EXPECT_LE(std::fabs(rel(ll.ppl, ll_base.ppl)), kPplTol) << "requantized vs original, both in llama.cpp";
+    EXPECT_LE(std::fabs(rel(ll.ppl, lr.ppl)), kPplTol) << "llama.cpp vs lowrank on the requantized file";
+    EXPECT_GE(agree, kMinAgreement);
+    fs::remove(out_model);
+  }
 }
 
 // `lowrank eval --top1` (no llama.cpp needed): on the tiny llama fixture with an adapter, each

@@ -26,7 +26,7 @@
 #include "core/dtype.h"
 #include "fixture_util.h"
 #include "core/tensor.h"
-#include "io/dequant.h"
+#include "quants/dequant.h"
 #include "io/gguf.h"
 #include "ops/cpu/qmatmul.h"
 

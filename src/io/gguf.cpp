@@ -161,7 +161,8 @@ GgufValue read_value(Cursor& c, uint32_t type, const std::string& what) {
 // Natural alignment the engine's kernels rely on when reading tensor data in place.
 uint64_t dtype_alignment(DType t) {
   switch (t) {
-    case DType::F32: return 4;
+    case DType::F32: case DType::I32: return 4;
+    case DType::I64: return 8;
     case DType::F16: case DType::BF16: return 2;
     default: return 1;  // block decoders read with memcpy
   }
@@ -198,63 +199,17 @@ size_t gguf_scalar_size(uint32_t type) {
   }
 }
 
-bool ggml_type_to_dtype(uint32_t ggml_type, DType* out) {
-  switch (ggml_type) {
-    case 0: *out = DType::F32; return true;
-    case 1: *out = DType::F16; return true;
-    case 30: *out = DType::BF16; return true;
-    case 8: *out = DType::Q8_0; return true;
-    case 2: *out = DType::Q4_0; return true;
-    case 10: *out = DType::Q2_K; return true;
-    case 12: *out = DType::Q4_K; return true;
-    case 13: *out = DType::Q5_K; return true;
-    case 14: *out = DType::Q6_K; return true;
-    case 16: *out = DType::IQ2_XXS; return true;
-    default: return false;
-  }
-}
+bool ggml_type_to_dtype(uint32_t ggml_type, DType* out) { return quants::ggml_id_to_dtype(ggml_type, out); }
 
 uint32_t dtype_to_ggml_type(DType t) {
-  switch (t) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::BF16: return 30;
-    case DType::Q8_0: return 8;
-    case DType::Q4_0: return 2;
-    case DType::Q2_K: return 10;
-    case DType::Q4_K: return 12;
-    case DType::Q5_K: return 13;
-    case DType::Q6_K: return 14;
-    case DType::IQ2_XXS: return 16;
-    default: fail("dtype ", dtype_name(t), " cannot be stored in a GGUF file");
-  }
+  uint32_t id;
+  if (!quants::dtype_to_ggml_id(t, &id)) fail("dtype ", dtype_name(t), " cannot be stored in a GGUF file");
+  return id;
 }
 
 std::string ggml_type_name(uint32_t ggml_type) {
-  DType d;
-  if (ggml_type_to_dtype(ggml_type, &d)) return dtype_name(d);
-  switch (ggml_type) {  // known to ggml, not decoded here
-    case 3: return "Q4_1";
-    case 6: return "Q5_0";
-    case 7: return "Q5_1";
-    case 9: return "Q8_1";
-    case 11: return "Q3_K";
-    case 15: return "Q8_K";
-    case 17: return "IQ2_XS";
-    case 18: return "IQ3_XXS";
-    case 19: return "IQ1_S";
-    case 20: return "IQ4_NL";
-    case 21: return "IQ3_S";
-    case 22: return "IQ2_S";
-    case 23: return "IQ4_XS";
-    case 24: return "I8";
-    case 25: return "I16";
-    case 26: return "I32";
-    case 27: return "I64";
-    case 28: return "F64";
-    case 29: return "IQ1_M";
-    default: return "type " + std::to_string(ggml_type);
-  }
+  if (const char* n = quants::ggml_id_name(ggml_type)) return n;
+  return "type " + std::to_string(ggml_type);
 }
 
 // ---------------------------------------------------------------- GgufValue
@@ -534,8 +489,14 @@ void GgufFile::parse() {
     t.ggml_type = c.u32(what + " type");
     t.offset = c.u64(what + " offset");
     if (!ggml_type_to_dtype(t.ggml_type, &t.dtype)) {
-      fail(file, ": ", what, ": unsupported ggml tensor type ", t.ggml_type, " (",
-           ggml_type_name(t.ggml_type), ")");
+      if (t.ggml_type >= quants::kGgmlTypeCount) {
+        fail(file, ": ", what, ": unknown ggml tensor type ", t.ggml_type, " (ggml's types are 0 to ",
+             quants::kGgmlTypeCount - 1, ")");
+      }
+      if (!quants::ggml_id_name(t.ggml_type)) {
+        fail(file, ": ", what, ": ggml tensor type ", t.ggml_type, " was removed from ggml (not a valid GGUF type)");
+      }
+      fail(file, ": ", what, ": unsupported ggml tensor type ", t.ggml_type, " (", ggml_type_name(t.ggml_type), ")");
     }
     int64_t be = dtype_block_elems(t.dtype);
     if (t.ne[0] % be != 0) {

@@ -39,6 +39,7 @@ void add_export(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_quantize(CLI::App& app);  // quantize and quant-bench
 
 }  // namespace lowrank::cli
 

@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   add_bench(app);
   add_serve(app);
   add_convert(app);
+  add_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -36,7 +36,7 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "io/iq2xxs_tables.h"
+#include "quants/grids.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QMM_SIMD 1
@@ -271,8 +271,8 @@ float iq2_xxs_scalar(const uint8_t* w, int64_t nb, const QActs& a, int64_t n) {
       const uint32_t w0 = load_u32(blk + 2 + 8 * g), w1 = load_u32(blk + 6 + 8 * g);
       int32_t gs = 0;
       for (int k = 0; k < 4; k++) {
-        const uint64_t grid = kIq2xxsGrid[(w0 >> (8 * k)) & 255];
-        const uint8_t signs = kIq2xxsSigns[(w1 >> (7 * k)) & 127];
+        const uint64_t grid = quants::kIq2xxsGrid[(w0 >> (8 * k)) & 255];
+        const uint8_t signs = quants::kIqSigns[(w1 >> (7 * k)) & 127];
         for (int j = 0; j < 8; j++) {
           const int32_t v = int32_t(byte_of(grid, j)) * x[32 * g + 8 * k + j];
           gs += (signs >> j) & 1 ? -v : v;
@@ -341,7 +341,7 @@ struct Iq2Signs {
     for (int i = 0; i < 128; i++) {
       s[i] = 0;
       for (int j = 0; j < 8; j++)
-        s[i] |= uint64_t((kIq2xxsSigns[i] >> j) & 1 ? 0xff : 0x01) << (8 * j);
+        s[i] |= uint64_t((quants::kIqSigns[i] >> j) & 1 ? 0xff : 0x01) << (8 * j);
     }
   }
 };
@@ -513,7 +513,7 @@ template <int NR>
 void iq2_xxs_simd(const uint8_t* w, int64_t nb, const QActs& a, int64_t n0, float* out) {
   __m256 acc[NR];
   for (int j = 0; j < NR; j++) acc[j] = _mm256_setzero_ps();
-  const uint64_t* grid = kIq2xxsGrid;
+  const uint64_t* grid = quants::kIq2xxsGrid;
   for (int64_t b = 0; b < nb; b++) {
     const uint8_t* blk = w + 66 * b;
     __m256i sumi[NR];
@@ -524,10 +524,10 @@ void iq2_xxs_simd(const uint8_t* w, int64_t nb, const QActs& a, int64_t n0, floa
                                              int64_t(grid[(w0 >> 8) & 255]), int64_t(grid[w0 & 255]));
       const __m256i scv = _mm256_set1_epi16(int16_t(2 * (w1 >> 28) + 1));
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
-      const __mmask32 neg = __mmask32(kIq2xxsSigns[w1 & 127]) |
-                            (__mmask32(kIq2xxsSigns[(w1 >> 7) & 127]) << 8) |
-                            (__mmask32(kIq2xxsSigns[(w1 >> 14) & 127]) << 16) |
-                            (__mmask32(kIq2xxsSigns[(w1 >> 21) & 127]) << 24);
+      const __mmask32 neg = __mmask32(quants::kIqSigns[w1 & 127]) |
+                            (__mmask32(quants::kIqSigns[(w1 >> 7) & 127]) << 8) |
+                            (__mmask32(quants::kIqSigns[(w1 >> 14) & 127]) << 16) |
+                            (__mmask32(quants::kIqSigns[(w1 >> 21) & 127]) << 24);
       for (int j = 0; j < NR; j++) {
         const __m256i xv = loadu(a.qrow(n0 + j) + 256 * b + 32 * g);
         const __m256i xs = _mm256_mask_sub_epi8(xv, neg, _mm256_setzero_si256(), xv);
@@ -564,12 +564,12 @@ void iq2_xxs_simd(const uint8_t* w, int64_t nb, const QActs& a, int64_t n0, floa
 struct Iq2Avx512Ctl {
   alignas(64) uint8_t sshift[64];    // qword g: bit offsets 32, 39, 46, 53 of the w1 fields
   alignas(64) uint16_t scale[4][32]; // pair p: int16 lanes 0..15 ← word 4·2p, 16..31 ← 4·(2p+1)
-  alignas(64) uint8_t signs[128];    // kIq2xxsSigns
+  alignas(64) uint8_t signs[128];    // quants::kIqSigns
   Iq2Avx512Ctl() {
     for (int i = 0; i < 64; i++) sshift[i] = (i % 8) < 4 ? uint8_t(32 + 7 * (i % 8)) : 0;
     for (int p = 0; p < 4; p++)
       for (int i = 0; i < 32; i++) scale[p][i] = uint16_t(4 * (2 * p + i / 16));
-    std::memcpy(signs, kIq2xxsSigns, 128);
+    std::memcpy(signs, quants::kIqSigns, 128);
   }
 };
 const Iq2Avx512Ctl kIq2Ctl;
@@ -578,7 +578,7 @@ template <int NR>
 void iq2_xxs_avx512(const uint8_t* w, int64_t nb, const QActs& a, int64_t n0, float* out) {
   __m512 acc[NR];
   for (int j = 0; j < NR; j++) acc[j] = _mm512_setzero_ps();
-  const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
+  const long long* grid = reinterpret_cast<const long long*>(quants::kIq2xxsGrid);
   const __m512i sg_lo = _mm512_load_si512(kIq2Ctl.signs), sg_hi = _mm512_load_si512(kIq2Ctl.signs + 64);
   const __m512i sshift = _mm512_load_si512(kIq2Ctl.sshift);
   const __m512i one = _mm512_set1_epi64(1);
