@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "quants/quantize.h"
 #include "model/names.h"
 #include "tokenizer/gguf_vocab.h"
 
@@ -13,41 +14,11 @@ namespace lowrank {
 
 namespace {
 
-// ggml file_type of a weight type (general.file_type, llama_ftype).
-uint32_t file_type_of(DType t) {
-  switch (t) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::Q4_0: return 2;
-    case DType::Q8_0: return 7;
-    case DType::BF16: return 32;
-    default: return 1;
-  }
-}
-
-// rows × cols f32 values encoded as `type` (one row per block row).
+// rows × cols f32 values encoded as `type` (rows are whole blocks).
 std::shared_ptr<std::vector<uint8_t>> encode(DType type, const float* v, int64_t rows, int64_t cols) {
   auto out = std::make_shared<std::vector<uint8_t>>(dtype_bytes(type, rows * cols));
-  const int64_t n = rows * cols;
-  switch (type) {
-    case DType::F32:
-      std::memcpy(out->data(), v, size_t(n) * 4);
-      break;
-    case DType::F16:
-      for (int64_t i = 0; i < n; i++) {
-        const uint16_t h = f32_to_f16(v[i]);
-        std::memcpy(out->data() + 2 * i, &h, 2);
-      }
-      break;
-    case DType::BF16:
-      for (int64_t i = 0; i < n; i++) {
-        const uint16_t h = f32_to_bf16(v[i]);
-        std::memcpy(out->data() + 2 * i, &h, 2);
-      }
-      break;
-    default:
-      fail("convert: writing ", dtype_name(type), " tensors is not supported (F32, F16, BF16)");
-  }
+  if (!quants::quantize_row(type, v, out->data(), rows * cols))
+    fail("convert: writing ", dtype_name(type), " tensors is not supported");
   return out;
 }
 
@@ -58,8 +29,7 @@ struct Writer {
 
   void tensor(const std::string& name, const std::vector<float>& v, int64_t rows, int64_t cols) {
     DType t = DType::F32;
-    if (rows > 1) t = opt.type_for ? opt.type_for(name, rows, cols) : opt.type;
-    if (dtype_is_quantized(t) && cols % dtype_block_elems(t) != 0) t = DType::F16;  // row not a whole number of blocks
+    if (rows > 1) t = opt.type;
     auto bytes = encode(t, v.data(), rows, cols);
     keep.push_back(bytes);
     std::vector<int64_t> ne = rows > 1 || cols == 0 ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
@@ -126,7 +96,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
     name = "Phi3 " + name;
   w.set_string("general.architecture", arch);
   w.set_string("general.name", name);
-  w.set_u32("general.file_type", file_type_of(opt.type));
+  w.set_u32("general.file_type", opt.type == DType::F32 ? 0 : opt.type == DType::BF16 ? 32 : 1);
   w.set_u32(P + "context_length", uint32_t(max_ctx));
   w.set_u32(P + "embedding_length", uint32_t(c.dim));
   w.set_u32(P + "block_count", uint32_t(c.n_layer));

@@ -11,10 +11,9 @@
 namespace lowrank {
 
 struct ConvertOptions {
-  // Type of each 2-D weight (1-D tensors stay F32). Given (GGUF tensor name, rows, cols),
-  // returns the type; default: the same type for all.
+  // Type of each 2-D weight: F32, F16 or BF16 (1-D tensors stay F32). Quantized files are
+  // made from this one by quantize_gguf (io/gguf_quantize.h), as llama.cpp converts, then quantizes.
   DType type = DType::F16;
-  std::function<DType(const std::string& name, int64_t rows, int64_t cols)> type_for;
   std::string name;  // general.name ("" = the directory's name)
 };
 
