@@ -165,6 +165,36 @@ void Model::norm_backward(Norm& n, float* dx, const float* dout, const float* x,
 
 // ---- the block ------------------------------------------------------------------------------
 
+Model::Keep Model::keep_for(int64_t l, const BlockCtx& ctx) const {
+  // The same analysis as block_backward, from what can get gradients (before the forward).
+  const ModelConfig& c = cfg;
+  const Layer& L = layers[size_t(l)];
+  const bool ff = full_finetune;
+  const bool t_qkv = ff || linear_trainable(L.q) || linear_trainable(L.k) || linear_trainable(L.v) ||
+                     linear_trainable(L.qkv);
+  const bool t_o = ff || linear_trainable(L.o);
+  const bool t_mlp_in = ff || linear_trainable(L.gate) || linear_trainable(L.up) || linear_trainable(L.gate_up);
+  const bool t_down = ff || linear_trainable(L.down);
+  const bool in_grad = ctx.below.empty() || ctx.below[size_t(l)];
+  const bool mid_grad = in_grad || t_qkv || t_o, mlp_inner = mid_grad || t_mlp_in, att_grad = in_grad || t_qkv;
+  Keep k;
+  k.a = t_qkv;
+  k.qk = att_grad;
+  k.att = t_o;
+  k.o = c.post_norms && mid_grad;
+  k.h = mid_grad;
+  k.b = t_mlp_in;
+  k.gate_up = mlp_inner;
+  k.act = t_down;
+  k.f = c.post_norms && (mlp_inner || t_down);
+  return k;
+}
+
+Model::BlockActs* Model::shared_acts() {
+  if (!shared_acts_) shared_acts_ = std::make_unique<BlockActs>();
+  return shared_acts_.get();
+}
+
 void Model::block_forward(int64_t l, const float* x, float* out, const BlockCtx& ctx, BlockActs& a) {
   const ModelConfig& c = cfg;
   Layer& L = layers[size_t(l)];
@@ -174,114 +204,137 @@ void Model::block_forward(int64_t l, const float* x, float* out, const BlockCtx&
   const std::vector<RowGroup>& G = *ctx.groups;
   const bool tr = ctx.training;
   auto sv = [&](LinearSaved& s) { return tr ? &s : nullptr; };
+  // Buffers the backward reads are kept in a (this layer's); the rest live in the shared
+  // scratch, reused by every layer (what is kept depends on what gets gradients).
+  const Keep keep = ctx.training ? keep_for(l, ctx) : Keep::all();
+  BlockActs& S = *shared_acts();
+  auto pick = [](bool k, std::vector<float>& own, std::vector<float>& sh) -> std::vector<float>& { return k ? own : sh; };
+  std::vector<float>& B_a = pick(keep.a, a.a, S.a);
+  std::vector<float>& B_qkv = S.qkv;
+  std::vector<float>& B_q_raw = pick(keep.qk, a.q_raw, S.q_raw);
+  std::vector<float>& B_k_raw = pick(keep.qk, a.k_raw, S.k_raw);
+  std::vector<float>& B_q = pick(keep.qk, a.q, S.q);
+  std::vector<float>& B_k = pick(keep.qk, a.k, S.k);
+  std::vector<float>& B_v = pick(keep.qk, a.v, S.v);
+  std::vector<float>& B_lse = a.lse;
+  std::vector<float>& B_att = pick(keep.att, a.att, S.att);
+  std::vector<float>& B_o = pick(keep.o, a.o, S.o);
+  std::vector<float>& B_po = S.po;
+  std::vector<float>& B_h = pick(keep.h, a.h, S.h);
+  std::vector<float>& B_b = pick(keep.b, a.b, S.b);
+  std::vector<float>& B_gu = S.gu;
+  std::vector<float>& B_gate = pick(keep.gate_up, a.gate, S.gate);
+  std::vector<float>& B_up = pick(keep.gate_up, a.up, S.up);
+  std::vector<float>& B_act = pick(keep.act, a.act, S.act);
+  std::vector<float>& B_f = pick(keep.f, a.f, S.f);
 
   // a = attn_norm(x)
-  ensure(a.a, N * C);
+  ensure(B_a, N * C);
   ensure(a.a_rstd, N);
   ensure(a.a_mean, N);
-  norm_forward(L.attn_norm, a.a.data(), a.a_mean.data(), a.a_rstd.data(), x, N, C);
+  norm_forward(L.attn_norm, B_a.data(), a.a_mean.data(), a.a_rstd.data(), x, N, C);
   // q, k, v
-  ensure(a.q, N * HD);
-  ensure(a.k, N * KD);
-  ensure(a.v, N * KD);
+  ensure(B_q, N * HD);
+  ensure(B_k, N * KD);
+  ensure(B_v, N * KD);
   if (c.fused_qkv) {
-    ensure(a.qkv, N * (HD + 2 * KD));
-    linear_forward(L.qkv, a.a.data(), a.qkv.data(), N, G, tr, sv(a.s_qkv));
-    copy_cols(a.q.data(), a.qkv.data(), N, HD, HD + 2 * KD, 0);
-    copy_cols(a.k.data(), a.qkv.data(), N, KD, HD + 2 * KD, HD);
-    copy_cols(a.v.data(), a.qkv.data(), N, KD, HD + 2 * KD, HD + KD);
+    ensure(B_qkv, N * (HD + 2 * KD));
+    linear_forward(L.qkv, B_a.data(), B_qkv.data(), N, G, tr, sv(a.s_qkv));
+    copy_cols(B_q.data(), B_qkv.data(), N, HD, HD + 2 * KD, 0);
+    copy_cols(B_k.data(), B_qkv.data(), N, KD, HD + 2 * KD, HD);
+    copy_cols(B_v.data(), B_qkv.data(), N, KD, HD + 2 * KD, HD + KD);
   } else {
-    linear_forward(L.q, a.a.data(), a.q.data(), N, G, tr, sv(a.s_q));
-    linear_forward(L.k, a.a.data(), a.k.data(), N, G, tr, sv(a.s_k));
-    linear_forward(L.v, a.a.data(), a.v.data(), N, G, tr, sv(a.s_v));
+    linear_forward(L.q, B_a.data(), B_q.data(), N, G, tr, sv(a.s_q));
+    linear_forward(L.k, B_a.data(), B_k.data(), N, G, tr, sv(a.s_k));
+    linear_forward(L.v, B_a.data(), B_v.data(), N, G, tr, sv(a.s_v));
   }
   if (c.qk_norm) {
     // RMSNorm over each head's D values (rows of (N·H, D)), weights (D) shared by the heads.
-    a.q_raw = a.q;
-    a.k_raw = a.k;
+    B_q_raw = B_q;
+    B_k_raw = B_k;
     ensure(a.qn_rstd, N * H);
     ensure(a.kn_rstd, N * KVH);
-    norm_forward(L.q_norm, a.q.data(), nullptr, a.qn_rstd.data(), a.q_raw.data(), N * H, D);
-    norm_forward(L.k_norm, a.k.data(), nullptr, a.kn_rstd.data(), a.k_raw.data(), N * KVH, D);
+    norm_forward(L.q_norm, B_q.data(), nullptr, a.qn_rstd.data(), B_q_raw.data(), N * H, D);
+    norm_forward(L.k_norm, B_k.data(), nullptr, a.kn_rstd.data(), B_k_raw.data(), N * KVH, D);
   }
   if (c.arch == Arch::LLAMA) {
     const RopeConfig& rope = c.ropes[size_t(spec.rope)];
     const float* cs = (*ctx.cos)[size_t(spec.rope)].data();
     const float* sn = (*ctx.sin)[size_t(spec.rope)].data();
-    ops::rope_apply(a.q.data(), N, H, D, rope.dim, cs, sn, false);
-    ops::rope_apply(a.k.data(), N, KVH, D, rope.dim, cs, sn, false);
+    ops::rope_apply(B_q.data(), N, H, D, rope.dim, cs, sn, false);
+    ops::rope_apply(B_k.data(), N, KVH, D, rope.dim, cs, sn, false);
   }
   // attention, per sequence; cached sequences first append their new k/v rows
-  ensure(a.att, N * HD);
-  if (tr) ensure(a.lse, 2 * H * N);
+  ensure(B_att, N * HD);
+  if (tr) ensure(B_lse, 2 * H * N);
   ops::AttnShape shape{H, KVH, D, c.attn_scale, c.attn_softcap, spec.window};
   std::vector<ops::AttnSeq> segs;
   segs.reserve(ctx.segs.size());
   for (const AttnSegment& s : ctx.segs) {
     ops::AttnSeq q{};
-    q.q = a.q.data() + s.row0 * HD;
-    q.out = a.att.data() + s.row0 * HD;
-    q.lse = tr ? a.lse.data() + 2 * s.row0 * H : nullptr;
+    q.q = B_q.data() + s.row0 * HD;
+    q.out = B_att.data() + s.row0 * HD;
+    q.lse = tr ? B_lse.data() + 2 * s.row0 * H : nullptr;
     q.start = s.start;
     q.n = s.n;
     if (s.cache) {
       float* kc = s.cache->k[size_t(l)].data();
       float* vc = s.cache->v[size_t(l)].data();
-      std::memcpy(kc + s.start * KD, a.k.data() + s.row0 * KD, size_t(s.n * KD) * 4);
-      std::memcpy(vc + s.start * KD, a.v.data() + s.row0 * KD, size_t(s.n * KD) * 4);
+      std::memcpy(kc + s.start * KD, B_k.data() + s.row0 * KD, size_t(s.n * KD) * 4);
+      std::memcpy(vc + s.start * KD, B_v.data() + s.row0 * KD, size_t(s.n * KD) * 4);
       q.k = kc;
       q.v = vc;
     } else {
-      q.k = a.k.data() + s.row0 * KD;
-      q.v = a.v.data() + s.row0 * KD;
+      q.k = B_k.data() + s.row0 * KD;
+      q.v = B_v.data() + s.row0 * KD;
     }
     segs.push_back(q);
   }
   ops::attention_flash_forward(segs.data(), int64_t(segs.size()), HD, HD, KD, shape);
   // h = x + [post_attn_norm](o_proj(att))
-  ensure(a.o, N * C);
-  ensure(a.h, N * C);
-  linear_forward(L.o, a.att.data(), a.o.data(), N, G, tr, sv(a.s_o));
+  ensure(B_o, N * C);
+  ensure(B_h, N * C);
+  linear_forward(L.o, B_att.data(), B_o.data(), N, G, tr, sv(a.s_o));
   if (c.post_norms) {
-    ensure(a.po, N * C);
+    ensure(B_po, N * C);
     ensure(a.po_rstd, N);
-    norm_forward(L.post_attn_norm, a.po.data(), nullptr, a.po_rstd.data(), a.o.data(), N, C);
-    ops::residual_forward(a.h.data(), x, a.po.data(), N * C);
+    norm_forward(L.post_attn_norm, B_po.data(), nullptr, a.po_rstd.data(), B_o.data(), N, C);
+    ops::residual_forward(B_h.data(), x, B_po.data(), N * C);
   } else {
-    ops::residual_forward(a.h.data(), x, a.o.data(), N * C);
+    ops::residual_forward(B_h.data(), x, B_o.data(), N * C);
   }
   // b = ffn_norm(h); f = down(act(...))
-  ensure(a.b, N * C);
+  ensure(B_b, N * C);
   ensure(a.b_rstd, N);
   ensure(a.b_mean, N);
-  norm_forward(L.ffn_norm, a.b.data(), a.b_mean.data(), a.b_rstd.data(), a.h.data(), N, C);
-  ensure(a.up, N * F);
-  ensure(a.act, N * F);
+  norm_forward(L.ffn_norm, B_b.data(), a.b_mean.data(), a.b_rstd.data(), B_h.data(), N, C);
+  ensure(B_up, N * F);
+  ensure(B_act, N * F);
   if (c.gated_ffn) {
-    ensure(a.gate, N * F);
+    ensure(B_gate, N * F);
     if (c.fused_gate_up) {
-      ensure(a.gu, N * 2 * F);
-      linear_forward(L.gate_up, a.b.data(), a.gu.data(), N, G, tr, sv(a.s_gate_up));
-      copy_cols(a.gate.data(), a.gu.data(), N, F, 2 * F, 0);
-      copy_cols(a.up.data(), a.gu.data(), N, F, 2 * F, F);
+      ensure(B_gu, N * 2 * F);
+      linear_forward(L.gate_up, B_b.data(), B_gu.data(), N, G, tr, sv(a.s_gate_up));
+      copy_cols(B_gate.data(), B_gu.data(), N, F, 2 * F, 0);
+      copy_cols(B_up.data(), B_gu.data(), N, F, 2 * F, F);
     } else {
-      linear_forward(L.gate, a.b.data(), a.gate.data(), N, G, tr, sv(a.s_gate));
-      linear_forward(L.up, a.b.data(), a.up.data(), N, G, tr, sv(a.s_up));
+      linear_forward(L.gate, B_b.data(), B_gate.data(), N, G, tr, sv(a.s_gate));
+      linear_forward(L.up, B_b.data(), B_up.data(), N, G, tr, sv(a.s_up));
     }
-    if (c.act == Activation::SILU) ops::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N * F);
-    else ops::geglu_forward(a.act.data(), a.gate.data(), a.up.data(), N * F);
+    if (c.act == Activation::SILU) ops::swiglu_forward(B_act.data(), B_gate.data(), B_up.data(), N * F);
+    else ops::geglu_forward(B_act.data(), B_gate.data(), B_up.data(), N * F);
   } else {
-    linear_forward(L.up, a.b.data(), a.up.data(), N, G, tr, sv(a.s_up));
-    ops::gelu_forward(a.act.data(), a.up.data(), N * F);
+    linear_forward(L.up, B_b.data(), B_up.data(), N, G, tr, sv(a.s_up));
+    ops::gelu_forward(B_act.data(), B_up.data(), N * F);
   }
-  ensure(a.f, N * C);
-  linear_forward(L.down, a.act.data(), a.f.data(), N, G, tr, sv(a.s_down));
+  ensure(B_f, N * C);
+  linear_forward(L.down, B_act.data(), B_f.data(), N, G, tr, sv(a.s_down));
   if (c.post_norms) {
     ensure(a.pf_rstd, N);
-    norm_forward(L.post_ffn_norm, a.po.data(), nullptr, a.pf_rstd.data(), a.f.data(), N, C);
-    ops::residual_forward(out, a.h.data(), a.po.data(), N * C);
+    norm_forward(L.post_ffn_norm, B_po.data(), nullptr, a.pf_rstd.data(), B_f.data(), N, C);
+    ops::residual_forward(out, B_h.data(), B_po.data(), N * C);
   } else {
-    ops::residual_forward(out, a.h.data(), a.f.data(), N * C);
+    ops::residual_forward(out, B_h.data(), B_f.data(), N * C);
   }
 }
 
@@ -306,64 +359,65 @@ void Model::block_backward(int64_t l, const float* x, const float* dout, float* 
   const bool in_grad = dx != nullptr;
   const bool mid_grad = in_grad || t_qkv || t_o;  // gradient needed at h (into the attention branch)
   const bool mlp_inner = mid_grad || t_mlp_in;    // gradient needed inside the MLP
+  BlockActs& S = *shared_acts();                   // gradient scratch, shared by the layers
 
-  ensure(a.d_h, N * C);
-  std::memcpy(a.d_h.data(), dout, size_t(N * C) * 4);  // residual: d h = d out + (MLP branch)
+  ensure(S.d_h, N * C);
+  std::memcpy(S.d_h.data(), dout, size_t(N * C) * 4);  // residual: d h = d out + (MLP branch)
   // ---- MLP branch: out = h + [post_ffn_norm](down(act(...)))
   if (mlp_inner || t_down) {
     const float* d_f = dout;
     if (c.post_norms) {
-      ensure(a.d_f, N * C);
-      norm_backward(L.post_ffn_norm, a.d_f.data(), dout, a.f.data(), nullptr, a.pf_rstd.data(), N, C, false);
-      d_f = a.d_f.data();
+      ensure(S.d_f, N * C);
+      norm_backward(L.post_ffn_norm, S.d_f.data(), dout, a.f.data(), nullptr, a.pf_rstd.data(), N, C, false);
+      d_f = S.d_f.data();
     }
-    ensure(a.d_act, N * F);
-    linear_backward(L.down, a.act.data(), d_f, mlp_inner ? a.d_act.data() : nullptr, N, a.s_down, false);
+    ensure(S.d_act, N * F);
+    linear_backward(L.down, a.act.data(), d_f, mlp_inner ? S.d_act.data() : nullptr, N, a.s_down, false);
     if (mlp_inner) {
-      ensure(a.d_up, N * F);
+      ensure(S.d_up, N * F);
       float* d_b = nullptr;
       if (mid_grad) {
-        ensure(a.d_b, N * C);
-        d_b = a.d_b.data();
+        ensure(S.d_b, N * C);
+        d_b = S.d_b.data();
       }
       if (c.gated_ffn) {
-        ensure(a.d_gate, N * F);
+        ensure(S.d_gate, N * F);
         if (c.act == Activation::SILU)
-          ops::swiglu_backward_set(a.d_gate.data(), a.d_up.data(), a.d_act.data(), a.gate.data(), a.up.data(), N * F);
+          ops::swiglu_backward_set(S.d_gate.data(), S.d_up.data(), S.d_act.data(), a.gate.data(), a.up.data(), N * F);
         else
-          ops::geglu_backward_set(a.d_gate.data(), a.d_up.data(), a.d_act.data(), a.gate.data(), a.up.data(), N * F);
+          ops::geglu_backward_set(S.d_gate.data(), S.d_up.data(), S.d_act.data(), a.gate.data(), a.up.data(), N * F);
         if (c.fused_gate_up) {
-          ensure(a.d_gu, N * 2 * F);
-          put_cols(a.d_gu.data(), a.d_gate.data(), N, F, 2 * F, 0);
-          put_cols(a.d_gu.data(), a.d_up.data(), N, F, 2 * F, F);
-          linear_backward(L.gate_up, a.b.data(), a.d_gu.data(), d_b, N, a.s_gate_up, false);
+          ensure(S.d_gu, N * 2 * F);
+          put_cols(S.d_gu.data(), S.d_gate.data(), N, F, 2 * F, 0);
+          put_cols(S.d_gu.data(), S.d_up.data(), N, F, 2 * F, F);
+          linear_backward(L.gate_up, a.b.data(), S.d_gu.data(), d_b, N, a.s_gate_up, false);
         } else {
-          linear_backward(L.up, a.b.data(), a.d_up.data(), d_b, N, a.s_up, false);
-          linear_backward(L.gate, a.b.data(), a.d_gate.data(), d_b, N, a.s_gate, true);
+          linear_backward(L.up, a.b.data(), S.d_up.data(), d_b, N, a.s_up, false);
+          linear_backward(L.gate, a.b.data(), S.d_gate.data(), d_b, N, a.s_gate, true);
         }
       } else {
-        ops::gelu_backward_set(a.d_up.data(), a.d_act.data(), a.up.data(), N * F);
-        linear_backward(L.up, a.b.data(), a.d_up.data(), d_b, N, a.s_up, false);
+        ops::gelu_backward_set(S.d_up.data(), S.d_act.data(), a.up.data(), N * F);
+        linear_backward(L.up, a.b.data(), S.d_up.data(), d_b, N, a.s_up, false);
       }
       if (mid_grad)
-        norm_backward(L.ffn_norm, a.d_h.data(), a.d_b.data(), a.h.data(), a.b_mean.data(), a.b_rstd.data(), N, C, true);
+        norm_backward(L.ffn_norm, S.d_h.data(), S.d_b.data(), a.h.data(), a.b_mean.data(), a.b_rstd.data(), N, C, true);
     }
   }
   if (!mid_grad) return;
   // ---- attention branch: h = x + [post_attn_norm](o(att))
-  const float* d_o = a.d_h.data();
+  const float* d_o = S.d_h.data();
   if (c.post_norms) {
-    ensure(a.d_o, N * C);
-    norm_backward(L.post_attn_norm, a.d_o.data(), a.d_h.data(), a.o.data(), nullptr, a.po_rstd.data(), N, C, false);
-    d_o = a.d_o.data();
+    ensure(S.d_o, N * C);
+    norm_backward(L.post_attn_norm, S.d_o.data(), S.d_h.data(), a.o.data(), nullptr, a.po_rstd.data(), N, C, false);
+    d_o = S.d_o.data();
   }
   const bool att_grad = in_grad || t_qkv;
-  ensure(a.d_att, N * HD);
-  linear_backward(L.o, a.att.data(), d_o, att_grad ? a.d_att.data() : nullptr, N, a.s_o, false);
+  ensure(S.d_att, N * HD);
+  linear_backward(L.o, a.att.data(), d_o, att_grad ? S.d_att.data() : nullptr, N, a.s_o, false);
   if (att_grad) {
-    ensure(a.d_q, N * HD);
-    ensure(a.d_k, N * KD);
-    ensure(a.d_v, N * KD);
+    ensure(S.d_q, N * HD);
+    ensure(S.d_k, N * KD);
+    ensure(S.d_v, N * KD);
     ops::AttnShape shape{H, KVH, D, c.attn_scale, c.attn_softcap, spec.window};
     std::vector<ops::AttnSeqGrad> segs;
     for (const AttnSegment& s : ctx.segs) {
@@ -373,11 +427,11 @@ void Model::block_backward(int64_t l, const float* x, const float* dout, float* 
       g.k = a.k.data() + s.row0 * KD;
       g.v = a.v.data() + s.row0 * KD;
       g.out = a.att.data() + s.row0 * HD;
-      g.dout = a.d_att.data() + s.row0 * HD;
+      g.dout = S.d_att.data() + s.row0 * HD;
       g.lse = a.lse.data() + 2 * s.row0 * H;
-      g.dq = a.d_q.data() + s.row0 * HD;
-      g.dk = a.d_k.data() + s.row0 * KD;
-      g.dv = a.d_v.data() + s.row0 * KD;
+      g.dq = S.d_q.data() + s.row0 * HD;
+      g.dk = S.d_k.data() + s.row0 * KD;
+      g.dv = S.d_v.data() + s.row0 * KD;
       g.start = 0;
       g.n = s.n;
       segs.push_back(g);
@@ -387,34 +441,34 @@ void Model::block_backward(int64_t l, const float* x, const float* dout, float* 
       const RopeConfig& rope = c.ropes[size_t(spec.rope)];
       const float* cs = (*ctx.cos)[size_t(spec.rope)].data();
       const float* sn = (*ctx.sin)[size_t(spec.rope)].data();
-      ops::rope_apply(a.d_q.data(), N, H, D, rope.dim, cs, sn, true);
-      ops::rope_apply(a.d_k.data(), N, KVH, D, rope.dim, cs, sn, true);
+      ops::rope_apply(S.d_q.data(), N, H, D, rope.dim, cs, sn, true);
+      ops::rope_apply(S.d_k.data(), N, KVH, D, rope.dim, cs, sn, true);
     }
     if (c.qk_norm) {
       // Through the norms: d_q, d_k become the gradients of q_raw, k_raw.
-      std::vector<float> g = a.d_q;
-      norm_backward(L.q_norm, a.d_q.data(), g.data(), a.q_raw.data(), nullptr, a.qn_rstd.data(), N * H, D, false);
-      g = a.d_k;
-      norm_backward(L.k_norm, a.d_k.data(), g.data(), a.k_raw.data(), nullptr, a.kn_rstd.data(), N * KVH, D, false);
+      std::vector<float> g = S.d_q;
+      norm_backward(L.q_norm, S.d_q.data(), g.data(), a.q_raw.data(), nullptr, a.qn_rstd.data(), N * H, D, false);
+      g = S.d_k;
+      norm_backward(L.k_norm, S.d_k.data(), g.data(), a.k_raw.data(), nullptr, a.kn_rstd.data(), N * KVH, D, false);
     }
     float* d_a = nullptr;
     if (in_grad) {
-      ensure(a.d_a, N * C);
-      d_a = a.d_a.data();
+      ensure(S.d_a, N * C);
+      d_a = S.d_a.data();
     }
     if (c.fused_qkv) {
-      ensure(a.d_qkv, N * (HD + 2 * KD));
-      put_cols(a.d_qkv.data(), a.d_q.data(), N, HD, HD + 2 * KD, 0);
-      put_cols(a.d_qkv.data(), a.d_k.data(), N, KD, HD + 2 * KD, HD);
-      put_cols(a.d_qkv.data(), a.d_v.data(), N, KD, HD + 2 * KD, HD + KD);
-      linear_backward(L.qkv, a.a.data(), a.d_qkv.data(), d_a, N, a.s_qkv, false);
+      ensure(S.d_qkv, N * (HD + 2 * KD));
+      put_cols(S.d_qkv.data(), S.d_q.data(), N, HD, HD + 2 * KD, 0);
+      put_cols(S.d_qkv.data(), S.d_k.data(), N, KD, HD + 2 * KD, HD);
+      put_cols(S.d_qkv.data(), S.d_v.data(), N, KD, HD + 2 * KD, HD + KD);
+      linear_backward(L.qkv, a.a.data(), S.d_qkv.data(), d_a, N, a.s_qkv, false);
     } else {
-      linear_backward(L.q, a.a.data(), a.d_q.data(), d_a, N, a.s_q, false);
-      linear_backward(L.k, a.a.data(), a.d_k.data(), d_a, N, a.s_k, true);
-      linear_backward(L.v, a.a.data(), a.d_v.data(), d_a, N, a.s_v, true);
+      linear_backward(L.q, a.a.data(), S.d_q.data(), d_a, N, a.s_q, false);
+      linear_backward(L.k, a.a.data(), S.d_k.data(), d_a, N, a.s_k, true);
+      linear_backward(L.v, a.a.data(), S.d_v.data(), d_a, N, a.s_v, true);
     }
     if (in_grad) {
-      std::memcpy(dx, a.d_h.data(), size_t(N * C) * 4);
+      std::memcpy(dx, S.d_h.data(), size_t(N * C) * 4);
       norm_backward(L.attn_norm, dx, d_a, x, a.a_mean.data(), a.a_rstd.data(), N, C, true);
     }
   }

@@ -22,6 +22,7 @@ struct Model::BlockCtx {
   const std::vector<std::vector<float>>* cos = nullptr;  // per rope: (N, rot/2)
   const std::vector<std::vector<float>>* sin = nullptr;
   std::vector<AttnSegment> segs;
+  std::vector<char> below;  // training: (n_layer) something under layer l gets gradients; empty = all
 };
 
 struct Model::BlockActs {
@@ -42,7 +43,7 @@ struct Model::BlockActs {
   std::vector<float> f;                   // (N, C) down output
   std::vector<float> pf_rstd;             // (N) post_ffn_norm
   LinearSaved s_q, s_k, s_v, s_qkv, s_o, s_gate, s_up, s_gate_up, s_down;
-  // Backward scratch.
+  // Backward scratch (used in the model's shared BlockActs only).
   std::vector<float> d_f, d_act, d_gate, d_up, d_gu, d_b, d_h, d_o, d_att, d_q, d_k, d_v, d_qkv, d_a;
 };
 

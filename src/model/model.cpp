@@ -221,6 +221,17 @@ double Model::train_forward(const Batch& batch, bool training, bool fused, float
   ctx.cos = &cos_;
   ctx.sin = &sin_;
   for (int64_t b = 0; b < B; b++) ctx.segs.push_back({b * T, T, 0, nullptr});
+  if (training) {
+    // below[l]: something under layer l gets gradients (the embeddings count when fully
+    // fine-tuning), so layer l must pass a gradient to its input.
+    ctx.below.assign(size_t(c.n_layer + 1), 0);
+    ctx.below[0] = full_finetune;
+    for (int64_t l = 0; l < c.n_layer; l++) {
+      bool t = full_finetune;
+      for (Linear* L : layers[size_t(l)].linears()) t = t || linear_trainable(*L);
+      ctx.below[size_t(l + 1)] = ctx.below[size_t(l)] || t;
+    }
+  }
 
   // Block inputs: all kept when training (the backward reads them), two buffers otherwise.
   const int64_t nl = c.n_layer;
@@ -315,22 +326,14 @@ double Model::head_chunks(bool backward, float loss_scale) {
 void Model::backward_blocks() {
   const ModelConfig& c = cfg;
   const int64_t N = batch_.B * batch_.T, C = c.dim, nl = c.n_layer;
-  // below[l]: something under layer l gets gradients (the embeddings count when fully
-  // fine-tuning), so layer l must pass a gradient to its input.
-  std::vector<char> below(size_t(nl + 1), 0);
-  below[0] = full_finetune;
-  for (int64_t l = 0; l < nl; l++) {
-    bool t = full_finetune;
-    for (Linear* L : layers[size_t(l)].linears()) t = t || linear_trainable(*L);
-    below[size_t(l + 1)] = below[size_t(l)] || t;
-  }
+  const std::vector<char>& below = ctx_->below;
   if (!below[size_t(nl)]) return;  // only the head is trained
   ensure(bw_.d0, N * C);
   ensure(bw_.d1, N * C);
   float* dcur = bw_.d0.data();
   float* dnext = bw_.d1.data();
   norm_backward(norm_f, dcur, dlnf_.data(), resid_[size_t(nl)].data(), lnf_mean_.data(), lnf_rstd_.data(), N, C, false);
-  BlockCtx& ctx = *ctx_;
+  const BlockCtx& ctx = *ctx_;
   for (int64_t l = nl - 1; l >= 0; l--) {
     BlockActs& a = *acts_[checkpoint_activations ? 0 : size_t(l)];
     if (checkpoint_activations && acts_layer_ != l) {

@@ -185,6 +185,13 @@ class Model {
   // backward needs in a; backward of dout (N, C) into dx (N, C) (null when nothing below
   // needs it), accumulating parameter gradients.
   void block_forward(int64_t l, const float* x, float* out, const BlockCtx& ctx, BlockActs& a);
+  // Which of a block's activations its backward reads (the others go to shared scratch).
+  struct Keep {
+    bool a = true, qk = true, att = true, o = true, h = true, b = true, gate_up = true, act = true, f = true;
+    static Keep all() { return Keep{}; }
+  };
+  Keep keep_for(int64_t l, const BlockCtx& ctx) const;
+  BlockActs* shared_acts();
   void block_backward(int64_t l, const float* x, const float* dout, float* dx, const BlockCtx& ctx, BlockActs& a);
   void linear_forward(Linear& L, const float* x, float* y, int64_t N, const std::vector<RowGroup>& groups,
                       bool training, LinearSaved* saved);
@@ -215,6 +222,7 @@ class Model {
   std::unique_ptr<BlockCtx> ctx_;           // of the last training/eval forward
   std::vector<std::unique_ptr<BlockActs>> acts_;  // per layer (one when checkpointing)
   int64_t acts_layer_ = -1;                 // checkpointing: the layer acts_[0] holds
+  std::unique_ptr<BlockActs> shared_acts_;  // activations no backward reads + gradient scratch
   std::vector<float> lnf_, lnf_rstd_, lnf_mean_;  // (N, C), (N), (N)
   std::vector<float> dlnf_;                 // (N, C) gradient of lnf_ from the head
   std::vector<float> logits_;               // (N, V) when keep_logits
