@@ -366,17 +366,26 @@ TEST_F(LlamaCpp, AdapterAndMergedModel) {
   ASSERT_TRUE(run(q(cli()) + " export --model " + q(env.model) + " --adapter " + q(adapter) +
                       " --format gguf --out " + q(adapter_gguf),
                   log, out, "lowrank export --format gguf"));
-  ASSERT_TRUE(run(q(cli()) + " merge --model " + q(env.model) + " --adapter " + q(adapter) + " --out " + q(merged),
-                  log, out, "lowrank merge (GGUF)"));
+  // F16 merged tensors (llama-export-lora's choice): the merge itself is checked; and the
+  // default, each adapted tensor in the base's own type (IQ2_XXS has no encoder without an
+  // importance matrix: Q2_K), whose requantization cost is printed.
+  ASSERT_TRUE(run(q(cli()) + " merge --model " + q(env.model) + " --adapter " + q(adapter) + " --out " + q(merged) +
+                      " --dtype f16",
+                  log, out, "lowrank merge --dtype f16 (GGUF)"));
+  const std::string merged_keep = dir + "/merged-keep.gguf";
+  ASSERT_TRUE(run(q(cli()) + " merge --model " + q(env.model) + " --adapter " + q(adapter) + " --out " + q(merged_keep),
+                  log, out, "lowrank merge (GGUF, keep types)"));
 
-  Scores lr_base, lr_ad, ll_base, ll_ad, ll_merged;
+  Scores lr_base, lr_ad, ll_base, ll_ad, ll_merged, ll_keep;
   const std::string ids = dir + "/lowrank_base.json";
   ASSERT_TRUE(lowrank_eval("", ids, lr_base));
   ASSERT_TRUE(lowrank_eval(adapter, dir + "/lowrank_adapter.json", lr_ad));
   ASSERT_TRUE(llama_score(env.model, "", ids, ll_base));
   ASSERT_TRUE(llama_score(env.model, adapter_gguf, ids, ll_ad));
   ASSERT_TRUE(llama_score(merged, "", ids, ll_merged));
-  fs::remove(merged);  // ~500 MB (q_proj/v_proj in f32)
+  ASSERT_TRUE(llama_score(merged_keep, "", ids, ll_keep));
+  fs::remove(merged);
+  fs::remove(merged_keep);
 
   int same = 0, same_merged = 0;
   const double agree = agreement(lr_ad, ll_ad, &same);
@@ -390,6 +399,10 @@ TEST_F(LlamaCpp, AdapterAndMergedModel) {
   std::printf("[ llama.cpp ]   merged GGUF in llama.cpp: perplexity %.4f (%+.2f %% vs the unmerged adapter), top-1 "
               "agreement with the unmerged adapter %.1f %%\n",
               ll_merged.ppl, 100 * rel(ll_merged.ppl, ll_ad.ppl), 100 * agree_merged);
+  std::printf("[ llama.cpp ]   merged keeping the base's types (q/v requantized IQ2_XXS -> Q2_K): perplexity %.4f "
+              "(%+.2f %% vs the F16 merge, %+.2f %% vs the unmerged adapter; the base is %.4f)\n",
+              ll_keep.ppl, 100 * rel(ll_keep.ppl, ll_merged.ppl), 100 * rel(ll_keep.ppl, ll_ad.ppl), ll_base.ppl);
+  EXPECT_LT(ll_keep.ppl, ll_base.ppl) << "the requantized merge lost the adapter's improvement";
 
   EXPECT_GE(agree, kMinAgreement);
   // The adapter must move perplexity measurably, or "the same direction" means nothing.

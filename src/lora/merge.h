@@ -22,9 +22,14 @@ bool lora_delta(const std::vector<MergeTerm>& terms, const std::string& module, 
 void write_hf_model(const std::string& src_dir, const std::string& out_dir, const std::vector<MergeTerm>& terms,
                     const std::function<const float*(const std::string& name, bool& transposed)>& replace);
 
-// Writes a GGUF model with adapted llama tensors as F16 W0 + Δ (q/k rows in GGUF order), all
-// other tensors and metadata copied unchanged.
-void write_gguf_merged(const std::string& src, const std::string& out, const std::vector<MergeTerm>& terms);
+// Writes a GGUF model with every adapted tensor replaced by W0 + Δ (rows in the architecture's
+// GGUF order), all other tensors and metadata copied unchanged. dtype "keep" (default): each
+// adapted tensor in the base's own type (dequantized, Δ added, requantized; types without an
+// encoder, the IQ codebook ones, go to the nearest K-quant with as many bits, and this is
+// printed); or one type for every adapted tensor: "f16" (llama.cpp's llama-export-lora), "f32",
+// "bf16", "q8_0", "q4_k", ...
+void write_gguf_merged(const std::string& src, const std::string& out, const std::vector<MergeTerm>& terms,
+                       const std::string& dtype = "keep");
 
 // Writes a GGUF LoRA adapter llama.cpp loads (tensors <base>.lora_a/.lora_b, q/k rows of B in
 // GGUF order; per-target scale differences folded into B so one adapter.lora.alpha fits).

@@ -11,11 +11,13 @@ static bool is_gguf_path(const std::string& p) { return p.size() > 5 && p.compar
 
 void add_merge(CLI::App& app) {
   auto* cmd = app.add_subcommand("merge", "Merge adapters into the base weights: W = W0 + s·B·A (HF dir or GGUF)");
-  struct Opts { std::string model, out; std::vector<std::string> adapters; };
+  struct Opts { std::string model, out, dtype = "keep"; std::vector<std::string> adapters; };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "HF model dir or .gguf file")->required();
   cmd->add_option("--adapter", o->adapters, "PEFT adapter DIR[:SCALE]; repeat to merge several")->required();
   cmd->add_option("--out", o->out, "Output HF dir (or .gguf file for a GGUF model)")->required();
+  cmd->add_option("--dtype", o->dtype,
+                  "GGUF: type of the merged tensors: keep (the base's own, default), f16, f32, bf16, q8_0, q4_k, ...");
   cmd->callback([o] {
     std::vector<std::shared_ptr<Adapter>> keep;
     std::vector<MergeTerm> terms;
@@ -26,8 +28,9 @@ void add_merge(CLI::App& app) {
     }
     if (is_gguf_path(o->model)) {
       if (!is_gguf_path(o->out)) fail("--out must be a .gguf file when --model is a GGUF model");
-      write_gguf_merged(o->model, o->out, terms);
+      write_gguf_merged(o->model, o->out, terms, o->dtype);
     } else {
+      if (o->dtype != "keep") fail("--dtype applies to GGUF models (a Hugging Face model keeps its tensors' dtypes)");
       if (is_gguf_path(o->out))
         fail("--out ", o->out, ": a merged GGUF needs a GGUF --model; a Hugging Face model merges into a directory");
       write_hf_model(o->model, o->out, terms, nullptr);
