@@ -806,6 +806,13 @@ void GgufWriter::add_tensor_f16(const std::string& name, const std::vector<int64
   tensors_.back().owned = std::shared_ptr<const void>(buf, buf->data());
 }
 
+void GgufWriter::add_tensor_lazy(const std::string& name, const std::vector<int64_t>& ne, DType dtype, size_t nbytes,
+                                 std::function<void(uint8_t* dst)> producer) {
+  static const uint8_t placeholder = 0;  // never read: the producer makes the bytes
+  add_tensor(name, ne, dtype, &placeholder, nbytes);
+  tensors_.back().producer = std::move(producer);
+}
+
 uint64_t GgufWriter::alignment() const {
   const GgufValue* a = find("general.alignment");
   if (!a) return 32;
@@ -865,8 +872,16 @@ void GgufWriter::emit(Sink&& sink) const {
   std::vector<uint8_t> head = header_bytes(align, &offsets);
   sink(head.data(), head.size());
   static const uint8_t zeros[256] = {};
+  std::vector<uint8_t> produced;
   for (const Pending& t : tensors_) {
-    if (t.nbytes) sink(t.data, t.nbytes);
+    if (t.producer) {
+      // Lazy tensor: its bytes are made now, one tensor in memory at a time.
+      produced.assign(t.nbytes, 0);
+      t.producer(produced.data());
+      if (t.nbytes) sink(produced.data(), t.nbytes);
+    } else if (t.nbytes) {
+      sink(t.data, t.nbytes);
+    }
     uint64_t end = 0;
     align_up(t.nbytes, align, &end);
     for (uint64_t pad = end - t.nbytes; pad > 0;) {

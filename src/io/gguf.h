@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -179,6 +180,10 @@ class GgufWriter {
   // Same, but the writer keeps its own copy of the bytes.
   void add_tensor_copy(const std::string& name, const std::vector<int64_t>& ne, DType dtype,
                        const void* data, size_t nbytes);
+  // A tensor whose nbytes bytes are made by producer(dst) when write() reaches it, so a
+  // converter holds one tensor at a time (the producer must stay valid until write()).
+  void add_tensor_lazy(const std::string& name, const std::vector<int64_t>& ne, DType dtype, size_t nbytes,
+                       std::function<void(uint8_t* dst)> producer);
   // f32 values (ne[0]*ne[1]*... of them, row-major with ne[0] fastest) stored as F32 / F16.
   void add_tensor_f32(const std::string& name, const std::vector<int64_t>& ne,
                       const float* data);
@@ -199,6 +204,7 @@ class GgufWriter {
     const void* data;
     size_t nbytes;
     std::shared_ptr<const void> owned;
+    std::function<void(uint8_t* dst)> producer;  // lazy tensors
   };
   uint64_t alignment() const;
   std::vector<uint8_t> header_bytes(uint64_t align, std::vector<uint64_t>* offsets) const;

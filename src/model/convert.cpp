@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "core/error.h"
@@ -14,30 +15,29 @@ namespace lowrank {
 
 namespace {
 
-// rows × cols f32 values encoded as `type` (rows are whole blocks).
-std::shared_ptr<std::vector<uint8_t>> encode(DType type, const float* v, int64_t rows, int64_t cols) {
-  auto out = std::make_shared<std::vector<uint8_t>>(dtype_bytes(type, rows * cols));
-  if (!quants::quantize_row(type, v, out->data(), rows * cols))
-    fail("convert: writing ", dtype_name(type), " tensors is not supported");
-  return out;
-}
-
+// Tensors are produced when the file is written, one at a time (an 8B model is never held
+// in memory a second time): each is a function giving the f32 values (rows, cols).
 struct Writer {
   GgufWriter w;
   const ConvertOptions& opt;
-  std::vector<std::shared_ptr<std::vector<uint8_t>>> keep;
 
-  void tensor(const std::string& name, const std::vector<float>& v, int64_t rows, int64_t cols) {
-    DType t = DType::F32;
-    if (rows > 1) t = opt.type;
-    auto bytes = encode(t, v.data(), rows, cols);
-    keep.push_back(bytes);
-    std::vector<int64_t> ne = rows > 1 || cols == 0 ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
-    w.add_tensor(name, ne, t, bytes->data(), bytes->size());
+  void tensor(const std::string& name, std::function<std::vector<float>()> values, int64_t rows, int64_t cols,
+              DType stored = DType::F32) {
+    DType t = rows > 1 ? opt.type : DType::F32;
+    if (rows > 1 && opt.source_type)
+      t = stored == DType::F16 || stored == DType::BF16 ? stored : DType::F32;
+    std::vector<int64_t> ne = rows > 1 ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
+    w.add_tensor_lazy(name, ne, t, dtype_bytes(t, rows * cols), [=](uint8_t* dst) {
+      const std::vector<float> v = values();
+      if (!quants::quantize_row(t, v.data(), dst, rows * cols))
+        fail("convert: writing ", dtype_name(t), " tensors is not supported");
+    });
+  }
+  void tensor(const std::string& name, std::vector<float> v, int64_t rows, int64_t cols) {
+    auto shared = std::make_shared<std::vector<float>>(std::move(v));
+    tensor(name, [shared] { return *shared; }, rows, cols);
   }
 };
-
-std::vector<float> matrix_values(const Matrix& m) { return m.to_f32(); }  // (rows, cols)
 
 }  // namespace
 
@@ -81,7 +81,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
     }
   }
 
-  Writer wr{GgufWriter(), opt, {}};
+  Writer wr{GgufWriter(), opt};
   GgufWriter& w = wr.w;
   std::string name = opt.name;
   if (name.empty()) {
@@ -131,10 +131,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
       for (float& x : v) x += c.norm_offset;
     return v;
   };
-  {
-    const std::vector<float> e = matrix_values(m.wte);
-    wr.tensor("token_embd.weight", e, c.vocab, C);
-  }
+  wr.tensor("token_embd.weight", [&m] { return m.wte.to_f32(); }, c.vocab, C, m.wte.dtype);
   if (c.ropes[0].scaling == RopeScaling::LLAMA3) {
     // rope_freqs.weight: per pair, the factor that turns the base frequency into the scaled
     // one (llama.cpp divides theta_i by it).
@@ -154,21 +151,23 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
     };
     auto put_linear = [&](const Linear& lin, Role r) {
       if (!lin.present()) return;
-      std::vector<float> v = matrix_values(lin.W);  // (out, in), HF row order
-      std::vector<float> b(lin.bias.ptr(), lin.bias.ptr() + lin.bias.n);
-      if (permute && (r == Role::Q || r == Role::K)) {
-        std::vector<float> pv(v.size()), pb(b.size());
-        for (int64_t j = 0; j < lin.out; j++) {
-          const int64_t g = gguf_qk_row(j, D);
-          std::memcpy(pv.data() + g * lin.in, v.data() + j * lin.in, size_t(lin.in) * 4);
-          if (!b.empty()) pb[size_t(g)] = b[size_t(j)];
-        }
-        v.swap(pv);
-        b.swap(pb);
-      }
+      const bool perm = permute && (r == Role::Q || r == Role::K);
       const std::string g = gguf_layer_tensor(l, r);
-      wr.tensor(g + ".weight", v, lin.out, lin.in);
-      if (!b.empty()) wr.tensor(g + ".bias", b, 1, lin.out);
+      const Linear* lp = &lin;
+      wr.tensor(g + ".weight", [lp, perm, D] {
+        std::vector<float> v = lp->W.to_f32();  // (out, in), HF row order
+        if (!perm) return v;
+        std::vector<float> pv(v.size());
+        for (int64_t j = 0; j < lp->out; j++)
+          std::memcpy(pv.data() + gguf_qk_row(j, D) * lp->in, v.data() + j * lp->in, size_t(lp->in) * 4);
+        return pv;
+      }, lin.out, lin.in, lin.W.dtype);
+      if (lin.bias.n) {
+        std::vector<float> b(lin.bias.ptr(), lin.bias.ptr() + lin.bias.n), pb = b;
+        if (perm)
+          for (int64_t j = 0; j < lin.out; j++) pb[size_t(gguf_qk_row(j, D))] = b[size_t(j)];
+        wr.tensor(g + ".bias", pb, 1, lin.out);
+      }
     };
     put_norm(L.attn_norm, Role::ATTN_NORM);
     put_linear(L.q, Role::Q);
@@ -187,7 +186,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
     put_norm(L.post_ffn_norm, Role::POST_FFN_NORM);
   }
   wr.tensor("output_norm.weight", norm_values(m.norm_f), 1, C);
-  if (!c.tied) wr.tensor("output.weight", matrix_values(m.lm_head.W), c.vocab, C);
+  if (!c.tied) wr.tensor("output.weight", [&m] { return m.lm_head.W.to_f32(); }, c.vocab, C, m.lm_head.W.dtype);
   w.write(out);
 }
 

@@ -14,6 +14,9 @@ struct ConvertOptions {
   // Type of each 2-D weight: F32, F16 or BF16 (1-D tensors stay F32). Quantized files are
   // made from this one by quantize_gguf (io/gguf_quantize.h), as llama.cpp converts, then quantizes.
   DType type = DType::F16;
+  // Write each 2-D weight in its stored dtype instead (F32, F16 or BF16: lossless), e.g. as the
+  // intermediate of a quantized conversion.
+  bool source_type = false;
   std::string name;  // general.name ("" = the directory's name)
 };
 

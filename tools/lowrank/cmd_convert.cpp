@@ -33,9 +33,10 @@ void add_convert(CLI::App& app) {
       c.type = t;
       convert_hf_to_gguf(o->model, o->out, c);
     } else {
-      // As llama.cpp: convert (here at full precision), then quantize with the preset's mixture.
-      c.type = DType::F32;
-      const std::string tmp = o->out + ".f32-" + std::to_string(::getpid()) + ".gguf";
+      // As llama.cpp: convert (each weight in its stored dtype, lossless), then quantize with
+      // the preset's mixture.
+      c.source_type = true;
+      const std::string tmp = o->out + ".src-" + std::to_string(::getpid()) + ".gguf";
       try {
         convert_hf_to_gguf(o->model, tmp, c);
         QuantizeOptions q;
