@@ -77,6 +77,12 @@ std::vector<FamilyCase> cases() {
     c.push_back({"qwen2", "qwen3", j});
   }
   {
+    json j = base_config("qwen2", "Qwen2ForCausalLM");  // Qwen2.5 with YaRN (rope.scaling.type yarn)
+    j["rope_theta"] = 1000000.0;
+    j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32}};
+    c.push_back({"qwen2_yarn", "qwen3", j});
+  }
+  {
     json j = base_config("qwen3", "Qwen3ForCausalLM");  // q/k norm, head_dim != hidden / heads
     j["head_dim"] = 32;
     j["rope_theta"] = 1000000.0;

@@ -56,7 +56,11 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
     fail(cfg_path, ": query_pre_attn_scalar differs from head_dim; llama.cpp's ", arch,
          " uses 1/sqrt(head_dim), so the GGUF would compute another model");
   for (const RopeConfig& r : c.ropes)
-    if (r.scaling == RopeScaling::YARN) fail(cfg_path, ": rope_scaling yarn: converting it to GGUF is not supported yet");
+    if (r.scaling == RopeScaling::YARN &&
+        (r.beta_fast != 32.f || r.beta_slow != 1.f ||
+         std::fabs(r.attn_factor - (r.factor <= 1.f ? 1.f : float(0.1 * std::log(double(r.factor)) + 1.0))) > 1e-6f))
+      fail(cfg_path, ": rope_scaling yarn with beta_fast/beta_slow/attention_factor other than the defaults: llama.cpp's ",
+           arch, " reads none of them");
   if (c.ropes[0].dim != c.head_dim && c.family != Family::PHI3)
     fail(cfg_path, ": partial rotary embedding: not supported for GGUF architecture ", arch);
   if (gemma && c.ropes.size() > 1 && (c.ropes[1].theta != 10000.f || c.ropes[1].scaling != RopeScaling::NONE))
@@ -112,6 +116,10 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out, const
   if (c.ropes[0].scaling == RopeScaling::LINEAR) {
     w.set_string(P + "rope.scaling.type", "linear");
     w.set_f32(P + "rope.scaling.factor", c.ropes[0].factor);
+  } else if (c.ropes[0].scaling == RopeScaling::YARN) {
+    w.set_string(P + "rope.scaling.type", "yarn");
+    w.set_f32(P + "rope.scaling.factor", c.ropes[0].factor);
+    w.set_u32(P + "rope.scaling.original_context_length", uint32_t(c.ropes[0].original_max_pos));
   }
   if (gemma || c.family == Family::PHI3)
     if (window > 0) w.set_u32(P + "attention.sliding_window", uint32_t(window));

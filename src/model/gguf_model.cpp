@@ -179,9 +179,20 @@ ModelConfig config_from_gguf(const GgufFile& f) {
     rope.scaling = RopeScaling::LINEAR;
     rope.factor = factor > 0 ? factor : 1.f;
   } else if (scaling == "yarn") {
-    fail(path, ": metadata ", P, "rope.scaling.type yarn is not supported for GGUF files yet");
+    // llama.cpp's rope_yarn with its defaults (ext_factor 1, beta_fast 32, beta_slow 1,
+    // magnitude 1 + 0.1·ln(factor)): the same inverse frequencies and cos/sin factor as
+    // transformers' YaRN with its defaults.
+    rope.scaling = RopeScaling::YARN;
+    rope.factor = factor > 0 ? factor : 1.f;
+    rope.original_max_pos = opt_int("rope.scaling.original_context_length", 0);
+    if (rope.original_max_pos <= 0) fail(path, ": metadata ", P, "rope.scaling.original_context_length is needed for yarn");
+    if (opt_float("rope.scaling.attn_factor", 1.f) != 1.f)
+      fail(path, ": metadata ", P, "rope.scaling.attn_factor other than 1 is not supported");
+    if (f.find(P + "rope.scaling.yarn_log_multiplier"))
+      fail(path, ": metadata ", P, "rope.scaling.yarn_log_multiplier is not supported");
+    rope.attn_factor = rope.factor <= 1.f ? 1.f : float(0.1 * std::log(double(rope.factor)) + 1.0);
   } else {
-    fail(path, ": metadata ", P, "rope.scaling.type \"", scaling, "\" is not supported (none, linear)");
+    fail(path, ": metadata ", P, "rope.scaling.type \"", scaling, "\" is not supported (none, linear, yarn)");
   }
   if (const GgufTensorInfo* rf = f.tensor("rope_freqs.weight")) {
     // Llama 3.1+: per-pair frequency divisors written by the converter (rope_scaling llama3).
